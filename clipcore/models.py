@@ -281,7 +281,7 @@ def _tiny() -> CLIPConfig:
     # CPU default (animal-mnist in <5 min on 2 cores): conv tower at 32 px, 2-layer text transformer, short context.
     return CLIPConfig(
         embed_dim=128,
-        vision=VisionConfig(kind="conv", image_size=32, in_channels=3, channels=(32, 64, 128)),
+        vision=VisionConfig(kind="conv", image_size=32, in_channels=3, channels=(16, 32, 64)),
         text=TextConfig(context_length=16, width=128, layers=2, heads=4),
     )
 

@@ -1,0 +1,71 @@
+"""Checkpoints: written atomically (temporary file in the same folder, fsync, rename), so a crash while
+saving never destroys the previous checkpoint; loaded back into a model and its tokenizer."""
+from __future__ import annotations
+
+import os
+import random
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from clipcore.models import CLIP, config_from_dict
+from clipcore.tokenizer import WordTokenizer, build_tokenizer
+
+
+def save_atomic(obj: dict, path: str | os.PathLike) -> None:
+    """torch.save ``obj`` to ``path`` via a temporary file and ``os.replace`` (atomic on POSIX)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def load(path: str | os.PathLike) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist; pass the path of a .pt file written by clipcore.train")
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def rng_state() -> dict:
+    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if state.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def tokenizer_for(model_cfg, tokenizer_state: dict | None = None):
+    """The tokenizer a model config asks for (a word tokenizer is restored from its saved vocabulary)."""
+    if model_cfg.tokenizer == "word":
+        if tokenizer_state is None:
+            raise ValueError("a word-tokenizer model needs its vocabulary (tokenizer state) from the checkpoint")
+        return WordTokenizer.from_state_dict(tokenizer_state)
+    if model_cfg.tokenizer == "none":
+        return None
+    return build_tokenizer(model_cfg.tokenizer, model_cfg.text.context_length)
+
+
+def load_model(path: str | os.PathLike, device: str = "cpu") -> tuple[CLIP, object, dict]:
+    """Checkpoint -> (model in eval mode, tokenizer, the checkpoint dict)."""
+    ckpt = load(path)
+    cfg = config_from_dict(ckpt["model_config"])
+    model = CLIP(cfg)
+    model.load_state_dict(ckpt["model"])
+    return model.to(device).eval(), tokenizer_for(cfg, ckpt.get("tokenizer")), ckpt

@@ -1,0 +1,298 @@
+"""Train a CLIP model: data -> model -> loss -> optimiser -> evaluation -> checkpoint, in one loop.
+
+    python -m clipcore.train                                   # tiny preset on the embedded animal-mnist
+    python -m clipcore.train --train-data pairs.csv --val-data val.csv --model small --epochs 30
+    python -m clipcore.train --train-data images/ --loss reg --reg-lambda 0.1
+    python -m clipcore.train --resume latest                   # continue the run named by the same flags
+
+Every default lives in :class:`TrainConfig`; the CLI only overrides it. Outputs go to
+``{logs}/{name}/``: ``metrics.jsonl``, ``loss.png``, ``checkpoints/latest.pt`` (and TensorBoard events
+when tensorboard is installed).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import random
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from clipcore import checkpoint as ckpt_io
+from clipcore.data import load_dataset, make_loader
+from clipcore.evaluate import evaluate_model
+from clipcore.losses import LOSSES, make_loss
+from clipcore.models import CLIP, get_config
+
+
+@dataclass
+class TrainConfig:
+    # data
+    train_data: str | None = None    # None: embedded animal-mnist (train split); a .csv/.tsv; an image folder
+    val_data: str | None = None      # None: the default's val split when training on it, else no validation
+    skip_bad: bool = False           # skip unreadable rows / empty captions instead of stopping (reports the count)
+    workers: int = 0                 # DataLoader worker processes (file-backed data benefits; in-memory needs none)
+    # model and loss
+    model: str = "tiny"
+    loss: str = "multipos"           # multipos = clip when no two pairs share a label/caption
+    loss_impl: str = "naive"         # naive: materialised B x B logits | fused: tiled (clipcore.fused)
+    reg_lambda: float = 0.1          # reg loss: weight of the positive-pair penalty (theory.md section 6)
+    reg_pairs: str = "pos"
+    # optimisation: tuned for tiny on 2 CPU cores (README: accuracy and time of the default run)
+    batch_size: int = 256
+    epochs: int = 12
+    lr: float = 2e-3
+    wd: float = 0.1                  # AdamW decay on matrices only: not on biases, norms, logit scale
+    warmup: int = 100                # linear warm-up steps, then cosine to zero
+    grad_clip: float = 1.0           # max global grad norm (0: off)
+    precision: str = "fp32"          # fp32 | bf16 | fp16 (autocast; fp16 uses a GradScaler)
+    compile: bool = False            # torch.compile the model
+    seed: int = 0
+    device: str = "auto"             # auto: cuda when available
+    # bookkeeping
+    logs: str = "logs"
+    name: str | None = None          # run folder under logs; default from model/data/loss/seed
+    resume: str | None = None        # "latest" or a checkpoint path
+    save_every: int = 0              # also checkpoint every N steps (0: at epoch ends only)
+    max_steps: int = 0               # stop after this global step, checkpointing (0: run all epochs)
+    log_every: int = 10
+
+
+class NonFiniteLoss(RuntimeError):
+    pass
+
+
+# ----------------------------------------------------------------------------- factories
+def param_groups(model: torch.nn.Module, wd: float) -> list[dict]:
+    """Weight decay on weight matrices only (open_clip's rule): not biases, norms, gains or logit scale."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim < 2 or "logit_scale" in name else decay).append(p)
+    return [{"params": decay, "weight_decay": wd}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def warmup_cosine(warmup: int, total: int):
+    """Step -> lr multiplier: linear warm-up over ``warmup`` steps, then cosine from 1 to 0 at ``total``."""
+    def f(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
+    return f
+
+
+def resolve_device(device: str) -> torch.device:
+    return torch.device("cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device))
+
+
+def run_dir(cfg: TrainConfig) -> Path:
+    """The run folder. Without --resume an existing folder is never reused: a suffix is added."""
+    data = Path(cfg.train_data).stem if cfg.train_data else "animal-mnist"
+    base = Path(cfg.logs) / (cfg.name or f"{cfg.model}_{data}_{cfg.loss}_s{cfg.seed}")
+    if cfg.resume or not base.exists():
+        return base
+    i = 1
+    while base.with_name(f"{base.name}-{i}").exists():
+        i += 1
+    return base.with_name(f"{base.name}-{i}")
+
+
+# ----------------------------------------------------------------------------- loop
+def train(cfg: TrainConfig) -> dict:
+    """Run training; return the final held-out metrics (and ``run_dir``, ``losses``)."""
+    device = resolve_device(cfg.device)
+    random.seed(cfg.seed); np.random.seed(cfg.seed); torch.manual_seed(cfg.seed)
+    model_cfg = get_config(cfg.model)
+    model = CLIP(model_cfg).to(device)
+    tokenizer = ckpt_io.tokenizer_for(model_cfg)
+    vis = model_cfg.vision
+    data_kw = dict(image_size=vis.image_size, in_channels=vis.in_channels, seed=cfg.seed, skip_bad=cfg.skip_bad)
+    train_ds = load_dataset(cfg.train_data, "train", **data_kw)
+    val_ds = load_dataset(cfg.val_data, "val", **data_kw) if cfg.val_data or not cfg.train_data else None
+    test_ds = load_dataset(None, "test", **data_kw) if not cfg.train_data else None
+
+    steps_per_epoch = len(train_ds) // cfg.batch_size
+    if steps_per_epoch == 0:
+        raise ValueError(f"--batch-size {cfg.batch_size} exceeds the {len(train_ds)} training pairs; lower it")
+    total = steps_per_epoch * cfg.epochs
+    opt = torch.optim.AdamW(param_groups(model, cfg.wd), lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(cfg.warmup, total))
+    loss_fn = make_loss(cfg.loss, reg_lambda=cfg.reg_lambda, reg_pairs=cfg.reg_pairs, impl=cfg.loss_impl)
+    amp_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.precision]
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
+    fwd = torch.compile(model) if cfg.compile else model
+
+    out = run_dir(cfg)
+    ckpt_path = out / "checkpoints" / "latest.pt"
+    step = epoch = start_batch = 0
+    if cfg.resume:
+        state = ckpt_io.load(ckpt_path if cfg.resume == "latest" else cfg.resume)
+        model.load_state_dict(state["model"]); opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"]); scaler.load_state_dict(state["scaler"])
+        ckpt_io.set_rng_state(state["rng"])
+        step, epoch, start_batch = state["step"], state["epoch"], state["batch"]
+        print(f"resumed from {cfg.resume} at step {step} (epoch {epoch}, batch {start_batch})")
+    out.mkdir(parents=True, exist_ok=True)
+    log = Metrics(out)
+
+    def save(epoch: int, batch: int) -> None:
+        ckpt_io.save_atomic({
+            "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+            "scaler": scaler.state_dict(), "rng": ckpt_io.rng_state(), "step": step, "epoch": epoch, "batch": batch,
+            "model_config": dataclasses.asdict(model_cfg), "train_config": dataclasses.asdict(cfg),
+            "tokenizer": tokenizer.state_dict() if hasattr(tokenizer, "state_dict") else None,
+        }, ckpt_path)
+
+    print(f"run {out}: {len(train_ds)} train pairs, {steps_per_epoch} steps/epoch x {cfg.epochs} epochs, device {device}")
+    t0, losses, stop = time.time(), [], False
+    while epoch < cfg.epochs and not stop:
+        model.train()
+        loader = make_loader(train_ds, tokenizer, cfg.batch_size, seed=cfg.seed, epoch=epoch,
+                             start_batch=start_batch, num_workers=cfg.workers)
+        bar = tqdm(loader, desc=f"epoch {epoch}", leave=False, file=sys.stderr, disable=None)
+        for i, (images, tokens, labels) in enumerate(bar, start=start_batch):
+            images, tokens, labels = images.to(device), tokens.to(device), labels.to(device)
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                img, txt, scale = fwd(images, tokens)
+                loss = loss_fn(img.float(), txt.float(), scale, labels=labels)
+            if not torch.isfinite(loss):
+                raise NonFiniteLoss(f"loss is {loss.item()} at step {step + 1} (epoch {epoch}, batch {i}); "
+                                    f"the last good checkpoint is {ckpt_path if ckpt_path.exists() else 'none (none saved yet)'}. "
+                                    "Lower --lr, raise --warmup or use --precision fp32.")
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            if cfg.grad_clip:
+                scaler.unscale_(opt)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            scaler.step(opt); scaler.update(); sched.step()
+            step += 1
+            losses.append(loss.item())
+            if step % cfg.log_every == 0:
+                log.write({"step": step, "epoch": epoch, "loss": losses[-1], "lr": sched.get_last_lr()[0],
+                           "logit_scale": scale.item(), "time": time.time() - t0})
+                bar.set_postfix(loss=f"{losses[-1]:.3f}", scale=f"{scale.item():.1f}")
+            at_end = i + 1 == steps_per_epoch
+            stop = bool(cfg.max_steps) and step >= cfg.max_steps
+            if (cfg.save_every and step % cfg.save_every == 0) or (stop and not at_end):
+                save(epoch, i + 1)
+            if stop:
+                break
+        else:
+            i = steps_per_epoch - 1
+        if i + 1 == steps_per_epoch:
+            epoch, start_batch = epoch + 1, 0
+            save(epoch, 0)
+            if val_ds is not None:
+                m = evaluate_model(model, tokenizer, val_ds, device=device, retrieval=False)
+                log.write({"step": step, "epoch": epoch, "time": time.time() - t0, **{f"val/{k}": v for k, v in m.items()}})
+                print(f"epoch {epoch}: loss {losses[-1]:.3f}  val " + "  ".join(f"{k} {v:.3f}" for k, v in m.items()))
+
+    result = {"run_dir": str(out), "steps": step, "seconds": time.time() - t0, "losses": losses}
+    held_out = test_ds or val_ds
+    if held_out is not None and not stop:
+        m = evaluate_model(model, tokenizer, held_out, device=device)
+        log.write({"step": step, "time": time.time() - t0, **{f"test/{k}": v for k, v in m.items()}})
+        result.update(m)
+        split = "test split" if test_ds is not None else "val data"
+        print(f"held-out ({split}, {len(held_out)} images): zero-shot top-1 {m.get('acc1', float('nan')):.4f}"
+              + (f", top-5 {m['acc5']:.4f}" if "acc5" in m else "") + f"  [{result['seconds']:.0f} s]")
+    log.close()
+    return result
+
+
+class Metrics:
+    """JSON lines (always), TensorBoard (when installed), and a loss-curve PNG on close."""
+
+    def __init__(self, out: Path):
+        self.out, self.path = out, out / "metrics.jsonl"
+        self.f = open(self.path, "a")
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+            self.tb = SummaryWriter(str(out / "tensorboard"))
+        except ImportError:
+            self.tb = None
+
+    def write(self, row: dict) -> None:
+        self.f.write(json.dumps(row) + "\n"); self.f.flush()
+        if self.tb is not None:
+            for k, v in row.items():
+                if k != "step" and isinstance(v, (int, float)):
+                    self.tb.add_scalar(k, v, row["step"])
+
+    def close(self) -> None:
+        self.f.close()
+        if self.tb is not None:
+            self.tb.close()
+        plot_losses(self.path, self.out / "loss.png")
+
+
+def plot_losses(metrics_path: Path, png: Path) -> None:
+    """Loss (and val zero-shot top-1 when logged) against step, from the metrics file of the whole run."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    rows = [json.loads(line) for line in open(metrics_path)]
+    train = [(r["step"], r["loss"]) for r in rows if "loss" in r]
+    val = [(r["step"], r["val/acc1"]) for r in rows if "val/acc1" in r]
+    if not train:
+        return
+    sns.set_theme(style="whitegrid")
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(*zip(*train), label="train loss")
+    ax.set_xlabel("step"); ax.set_ylabel("contrastive loss")
+    if val:
+        ax2 = ax.twinx()
+        ax2.plot(*zip(*val), "o-", color="C1", label="val zero-shot top-1")
+        ax2.set_ylabel("val zero-shot top-1"); ax2.set_ylim(0, 1); ax2.grid(False)
+        fig.legend(loc="upper center", ncol=2, fontsize=8)
+    fig.tight_layout(); fig.savefig(png, dpi=120); plt.close(fig)
+
+
+# ----------------------------------------------------------------------------- CLI
+def parse_args(argv: list[str] | None = None) -> TrainConfig:
+    d = TrainConfig()
+    p = argparse.ArgumentParser(prog="python -m clipcore.train", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    g = p.add_argument_group("data")
+    g.add_argument("--train-data", default=d.train_data, help="CSV/TSV (filepath, caption[, label]) or image folder; default: embedded animal-mnist")
+    g.add_argument("--val-data", default=d.val_data)
+    g.add_argument("--skip-bad", action="store_true", help="skip bad rows (missing/unreadable image, empty caption) and report how many")
+    g.add_argument("--workers", type=int, default=d.workers)
+    g = p.add_argument_group("model and loss")
+    g.add_argument("--model", default=d.model, help="preset name (clipcore.models.PRESETS)")
+    g.add_argument("--loss", default=d.loss, choices=LOSSES)
+    g.add_argument("--loss-impl", default=d.loss_impl, choices=("naive", "fused"))
+    g.add_argument("--reg-lambda", type=float, default=d.reg_lambda)
+    g.add_argument("--reg-pairs", default=d.reg_pairs, choices=("pos", "neg", "both"))
+    g = p.add_argument_group("optimisation")
+    for flag, typ in (("batch_size", int), ("epochs", int), ("lr", float), ("wd", float), ("warmup", int),
+                      ("grad_clip", float), ("seed", int)):
+        g.add_argument("--" + flag.replace("_", "-"), type=typ, default=getattr(d, flag))
+    g.add_argument("--precision", default=d.precision, choices=("fp32", "bf16", "fp16"))
+    g.add_argument("--compile", action="store_true")
+    g.add_argument("--device", default=d.device)
+    g = p.add_argument_group("run")
+    g.add_argument("--logs", default=d.logs)
+    g.add_argument("--name", default=d.name)
+    g.add_argument("--resume", default=d.resume, help="'latest' (this run's checkpoints/latest.pt) or a checkpoint path")
+    for flag in ("save_every", "max_steps", "log_every"):
+        g.add_argument("--" + flag.replace("_", "-"), type=int, default=getattr(d, flag))
+    a = p.parse_args(argv)
+    return TrainConfig(**{f.name: getattr(a, f.name) for f in dataclasses.fields(TrainConfig)})
+
+
+def main(argv: list[str] | None = None) -> None:
+    train(parse_args(argv))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,135 @@
+"""End-to-end tests of the training loop: exact resume, NaN guard, atomic checkpoints, CLI, evaluation."""
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from clipcore import checkpoint as ckpt_io
+from clipcore import train as train_mod
+from clipcore.data import DataError
+from clipcore.eval import evaluate_checkpoint
+from clipcore.train import NonFiniteLoss, TrainConfig, parse_args, train, warmup_cosine
+
+FAST = dict(batch_size=32, warmup=2, log_every=1, epochs=1)
+
+
+@pytest.fixture
+def folder(tmp_path):
+    """A 3-class image folder: 16 small images per class, each class a distinct colour + noise."""
+    rng = np.random.default_rng(0)
+    for k, name in enumerate(["red_fox", "green_frog", "blue_jay"]):
+        (tmp_path / "data" / name).mkdir(parents=True)
+        for i in range(16):
+            arr = np.clip(rng.normal(60, 30, (20, 20, 3)), 0, 255)
+            arr[..., k] += 150
+            Image.fromarray(arr.astype(np.uint8)).save(tmp_path / "data" / name / f"{i}.png")
+    return tmp_path / "data"
+
+
+def test_resume_mid_epoch_matches_uninterrupted(tmp_path):
+    """Default data: 6 steps straight vs 3 steps, checkpoint, resume to 6 -> identical losses, then evaluate."""
+    full = train(TrainConfig(logs=str(tmp_path), name="full", max_steps=6, **FAST))
+    first = train(TrainConfig(logs=str(tmp_path), name="cut", max_steps=3, **FAST))
+    rest = train(TrainConfig(logs=str(tmp_path), name="cut", max_steps=6, resume="latest", **FAST))
+    assert len(full["losses"]) == 6 and len(first["losses"]) == 3 and len(rest["losses"]) == 3
+    assert first["losses"] == full["losses"][:3]
+    assert rest["losses"] == full["losses"][3:]  # exact equality on CPU
+    ckpt = ckpt_io.load(tmp_path / "cut" / "checkpoints" / "latest.pt")
+    assert (ckpt["step"], ckpt["epoch"], ckpt["batch"]) == (6, 0, 6)
+    m = evaluate_checkpoint(str(tmp_path / "cut" / "checkpoints" / "latest.pt"), split="val")
+    assert 0.0 <= m["acc1"] <= 1.0 and "image_retrieval_recall@1" in m
+
+
+def test_resume_across_epochs_on_folder_data(folder, tmp_path):
+    cfg = dict(train_data=str(folder), val_data=str(folder), batch_size=16, epochs=3, warmup=2, log_every=1, model="tiny")
+    full = train(TrainConfig(logs=str(tmp_path), name="a", **cfg))          # 3 steps/epoch, 9 steps
+    train(TrainConfig(logs=str(tmp_path), name="b", max_steps=4, **cfg))   # stops in epoch 1, batch 1
+    rest = train(TrainConfig(logs=str(tmp_path), name="b", resume="latest", **cfg))
+    assert full["steps"] == 9 and rest["steps"] == 9
+    assert rest["losses"] == full["losses"][4:]
+    assert rest["acc1"] == full["acc1"]
+    rows = [json.loads(line) for line in open(tmp_path / "a" / "metrics.jsonl")]
+    assert sum("val/acc1" in r for r in rows) == 3 and (tmp_path / "a" / "loss.png").stat().st_size > 1000
+
+
+def test_nan_stops_with_step_and_keeps_last_checkpoint(tmp_path, monkeypatch):
+    real = train_mod.make_loss
+
+    def poisoned(*a, **k):
+        fn, calls = real(*a, **k), []
+
+        def f(*args, **kw):
+            calls.append(1)
+            out = fn(*args, **kw)
+            return out * float("nan") if len(calls) == 3 else out
+        return f
+
+    monkeypatch.setattr(train_mod, "make_loss", poisoned)
+    with pytest.raises(NonFiniteLoss, match="at step 3 .*latest.pt"):
+        train(TrainConfig(logs=str(tmp_path), name="nan", save_every=2, max_steps=5, **FAST))
+    ckpt = ckpt_io.load(tmp_path / "nan" / "checkpoints" / "latest.pt")
+    assert ckpt["step"] == 2 and all(torch.isfinite(v).all() for v in ckpt["model"].values())
+
+
+def test_atomic_save_keeps_previous_checkpoint(tmp_path, monkeypatch):
+    path = tmp_path / "ck.pt"
+    ckpt_io.save_atomic({"step": 1}, path)
+
+    def broken_save(obj, f):
+        f.write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        ckpt_io.save_atomic({"step": 2}, path)
+    monkeypatch.undo()
+    assert ckpt_io.load(path)["step"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["ck.pt"]  # no temporary file left behind
+
+
+def test_existing_run_is_never_overwritten(tmp_path):
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "run" / "checkpoints" / "latest.pt").write_bytes(b"precious")
+    out = train(TrainConfig(logs=str(tmp_path), name="run", max_steps=1, **FAST))
+    assert out["run_dir"].endswith("run-1")
+    assert (tmp_path / "run" / "checkpoints" / "latest.pt").read_bytes() == b"precious"
+
+
+def test_cli_defaults_and_flags():
+    cfg = parse_args([])
+    assert cfg == TrainConfig()
+    cfg = parse_args(["--loss", "reg", "--reg-lambda", "0.5", "--batch-size", "64", "--compile", "--resume", "latest"])
+    assert (cfg.loss, cfg.reg_lambda, cfg.batch_size, cfg.compile, cfg.resume) == ("reg", 0.5, 64, True, "latest")
+    with pytest.raises(SystemExit):
+        parse_args(["--loss", "triplet"])
+
+
+def test_bad_inputs_name_the_problem(tmp_path):
+    with pytest.raises(DataError, match="missing.csv"):
+        train(TrainConfig(logs=str(tmp_path), train_data=str(tmp_path / "missing.csv")))
+    with pytest.raises(ValueError, match="--batch-size 100000 exceeds"):
+        train(TrainConfig(logs=str(tmp_path), batch_size=100000))
+    with pytest.raises(FileNotFoundError, match="nope.pt"):
+        train(TrainConfig(logs=str(tmp_path), resume=str(tmp_path / "nope.pt"), **FAST))
+
+
+def test_warmup_cosine_schedule():
+    f = warmup_cosine(10, 110)
+    assert f(0) == pytest.approx(0.1) and f(9) == pytest.approx(1.0)
+    assert f(60) == pytest.approx(0.5) and f(110) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_param_groups_exclude_gains_biases_and_scale():
+    from clipcore.models import build_model
+    groups = train_mod.param_groups(build_model("tiny-vit"), 0.1)
+    assert all(p.ndim >= 2 for p in groups[0]["params"]) and groups[1]["weight_decay"] == 0
+    assert any(p.ndim == 0 for p in groups[1]["params"])  # the logit scale
+
+
+@pytest.mark.parametrize("precision", ["bf16"])
+def test_mixed_precision_runs(tmp_path, precision):
+    out = train(TrainConfig(logs=str(tmp_path), precision=precision, max_steps=2, **FAST))
+    assert all(math.isfinite(v) for v in out["losses"])
