@@ -240,12 +240,9 @@ def _collate(batch: list[tuple]) -> tuple[Tensor, list[str], Tensor | None]:
 
 
 def _default_templates() -> list[Template]:
-    """clipcore.data's zero-shot prompt ensemble (with its a/an rule), else CLIP's basic prompt."""
-    try:
-        from clipcore.data import ZS_TEMPLATES, caption_for
-        return [lambda c, t=t: caption_for(t, c) for t in ZS_TEMPLATES]
-    except ImportError:
-        return ["a photo of a {c}."]
+    """clipcore.data's zero-shot prompt ensemble, filled with its a/an rule ("an elephant")."""
+    from clipcore.data import ZS_TEMPLATES, caption_for
+    return [lambda c, t=t: caption_for(t, c) for t in ZS_TEMPLATES]
 
 
 @torch.no_grad()

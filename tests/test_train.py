@@ -43,7 +43,12 @@ def test_resume_mid_epoch_matches_uninterrupted(tmp_path):
     assert 0.0 <= m["acc1"] <= 1.0 and "image_retrieval_recall@1" in m
 
 
-def test_resume_across_epochs_on_folder_data(folder, tmp_path):
+def _last_json(capsys) -> str:
+    out = capsys.readouterr().out
+    return out[out.rindex("\n{") + 1:]
+
+
+def test_resume_across_epochs_on_folder_data(folder, tmp_path, capsys):
     cfg = dict(train_data=str(folder), val_data=str(folder), batch_size=16, epochs=3, warmup=2, log_every=1, model="tiny")
     full = train(TrainConfig(logs=str(tmp_path), name="a", **cfg))          # 3 steps/epoch, 9 steps
     train(TrainConfig(logs=str(tmp_path), name="b", max_steps=4, **cfg))   # stops in epoch 1, batch 1
@@ -52,6 +57,12 @@ def test_resume_across_epochs_on_folder_data(folder, tmp_path):
     assert rest["losses"] == full["losses"][4:]
     assert rest["acc1"] == full["acc1"]
     rows = [json.loads(line) for line in open(tmp_path / "a" / "metrics.jsonl")]
+    # the eval CLI on the same checkpoint, with a linear probe fitted on the folder
+    from clipcore.eval import main as eval_main
+    eval_main(["--checkpoint", str(tmp_path / "a" / "checkpoints" / "latest.pt"), "--data", str(folder),
+               "--linear-probe", "--probe-train-data", str(folder)])
+    printed = json.loads(_last_json(capsys))
+    assert printed["acc1"] == pytest.approx(full["acc1"]) and 0 <= printed["linear_probe/acc1"] <= 1
     assert sum("val/acc1" in r for r in rows) == 3 and (tmp_path / "a" / "loss.png").stat().st_size > 1000
 
 
