@@ -1,0 +1,1 @@
+"""`pytest experiments/`: one test per checkable paper claim; results/ and RESULTS.md are generated."""
