@@ -7,7 +7,7 @@ One function, :func:`contrastive_loss`, covers the CLIP family; the variants are
 - ``multipos``  the same with soft targets: every pair sharing a label is a positive, the target of
                 row i is uniform over its positives, ``p_ij = 1[y_i = y_j] / n_i``. Class-labelled
                 data need it: a batch holds identical captions, whose "negatives" are positives.
-- ``reg``       CLIP + lambda * mean positive-pair squared distance, the one-sided regulariser of
+- ``reg``       multipos + lambda * mean positive-pair squared distance, the one-sided regulariser of
                 Chen, Deng, Li, Gu (ICLR 2024), theory.md section 6. ``reg_pairs`` selects which pairs
                 are penalised: ``pos`` (the paper), ``neg`` or ``both`` (the ablation the paper lacks).
                 ``reg_over_tau`` divides the penalty by tau = 1 / logit_scale (an open point of the spec).
@@ -103,8 +103,9 @@ def make_loss(name: str, *, reg_lambda: float = 0.1, reg_pairs: str = "pos", reg
     """Return ``fn(image, text, logit_scale, labels=None, logit_bias=None) -> scalar`` for a loss name.
 
     name: one of ``LOSSES``. impl: ``naive`` (this module, materialised logits) or ``fused`` (tiled,
-    no B x B logits; ``clipcore.fused``). ``multipos`` uses the labels when given and falls back to the
-    diagonal otherwise; ``clip`` and ``reg`` ignore labels.
+    no B x B logits; ``clipcore.fused``). ``multipos`` and ``reg`` use the labels when given (``reg`` is
+    the regulariser on top of ``multipos``, so CLIP vs CLIP+Reg differ only by the penalty, also on
+    class-labelled data) and the diagonal otherwise; ``clip`` always uses the diagonal.
     """
     if name not in LOSSES:
         raise ValueError(f"unknown loss {name!r}; choose one of {LOSSES}")
@@ -120,7 +121,7 @@ def make_loss(name: str, *, reg_lambda: float = 0.1, reg_pairs: str = "pos", reg
             return square_loss(image, text)
         return base(
             image, text, logit_scale,
-            labels=labels if name == "multipos" else None,
+            labels=labels if name in ("multipos", "reg") else None,
             logit_bias=logit_bias,
             reg_lambda=reg_lambda if name == "reg" else 0.0,
             reg_pairs=reg_pairs, reg_over_tau=reg_over_tau,

@@ -104,6 +104,8 @@ def test_square_loss_and_make_loss():
     torch.testing.assert_close(make_loss("multipos")(img, txt, scale, labels=labels), contrastive_loss(img, txt, scale, labels=labels))
     torch.testing.assert_close(make_loss("clip")(img, txt, scale, labels=labels), contrastive_loss(img, txt, scale))
     torch.testing.assert_close(make_loss("reg", reg_lambda=0.3)(img, txt, scale), contrastive_loss(img, txt, scale, reg_lambda=0.3))
+    torch.testing.assert_close(make_loss("reg", reg_lambda=0.3)(img, txt, scale, labels=labels),
+                               make_loss("multipos")(img, txt, scale, labels=labels) + 0.3 * pair_penalty(img, txt))
     torch.testing.assert_close(make_loss("square")(img, txt, scale), square_loss(img, txt))
     with pytest.raises(ValueError, match="unknown loss 'triplet'"):
         make_loss("triplet")
