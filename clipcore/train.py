@@ -47,7 +47,7 @@ class TrainConfig:
     reg_pairs: str = "pos"
     # optimisation: tuned for tiny on 2 CPU cores (README: accuracy and time of the default run)
     batch_size: int = 256
-    epochs: int = 12
+    epochs: int = 8
     lr: float = 2e-3
     wd: float = 0.1                  # AdamW decay on matrices only: not on biases, norms, logit scale
     warmup: int = 100                # linear warm-up steps, then cosine to zero
