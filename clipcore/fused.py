@@ -1,0 +1,369 @@
+"""Memory-efficient contrastive loss: tiled log-sum-exp, never holding the B x B logits.
+
+:func:`fused_contrastive_loss` has the signature and the values/gradients of
+:func:`clipcore.losses.contrastive_loss` (symmetric InfoNCE, multi-positive labels, positive-pair
+regulariser, logit bias), plus tiling, compile and distributed options. Run its tests with
+``pytest tests/test_fused.py`` and its benchmark with ``python benchmarks/loss.py --device cpu``.
+
+Why it is exact without the logits. With L = s X Y^T (B x B, s = logit_scale) the loss is
+
+    0.5/B * sum_i lse_j(L_ij)  +  0.5/B * sum_j lse_i(L_ij)  -  T,
+
+where only the two log-sum-exp sums touch B x B entries. The target term T is O(B D): with the
+diagonal targets T = (s/B) sum_i <x_i, y_i>; with labels (p_ij = 1[y_i = y_j] / n_i) it is
+T = 0.5 (s/B) sum_i <x_i, ybar_c(i)> + 0.5 (s/B) sum_j <y_j, xbar_c(j)>, class means of the
+other side. T, the regulariser (``losses.pair_penalty``) and the bias go through plain autograd;
+a constant bias cancels in softmax cross-entropy, so its gradient is exactly zero.
+
+The log-sum-exp part is :class:`_TiledLSE`, a custom ``autograd.Function``:
+- forward: for each (row tile, column tile) compute S = (s X_i) Y_j^T (one matmul), then in fp32
+  (fp64 for fp64 inputs) its row and column log-sum-exp, merged into running (B,) stats with
+  ``logaddexp``. Both directions come from the same tile. Saved: X, Y, s, the two (B,) lse vectors
+  and, within a budget (``keep_mib``), some score tiles.
+- backward: recompute each tile not kept, G = w_r exp(S - lse_row) + w_c exp(S - lse_col)
+  (= dLoss/dL_ij), accumulate (G Y)_i over column tiles and dY_j += G^T (s X_i) over row tiles
+  (addmm, beta = 1); dX_i = s (G Y)_i and ds = sum_i <x_i, (G Y)_i> when row block i is complete.
+Cost: 4 B x B x D matmuls (the floor is 3: the fourth is the recompute of S) unless the tiles are
+kept; memory O(B D + tile^2 + keep_mib), never B x B.
+
+Distributed form (open_clip ``ClipLoss(local_loss=True, gather_with_grad=True)`` semantics). Each
+rank passes its local rows ``image, text`` (B_r, D), the all-gathered ``gathered_image,
+gathered_text`` (N, D, gathered *with* autograd, e.g. ``torch.distributed.nn.all_gather``) and
+``rank_offset`` (index of its first row in the gathered batch; needed with labels, which are then
+the gathered (N,) labels). It returns 0.5 * (mean over its image rows of the image->text CE against
+all N texts + mean over its text rows of the text->image CE against all N images) + the regulariser,
+exactly open_clip's per-rank value. With equal shards the mean over ranks is the full-batch loss,
+and the usual backward (all_gather's reduce-scatter of the gathered part, then DDP's gradient
+average) gives exactly the full-batch gradients.
+
+    all_img = torch.cat(torch.distributed.nn.all_gather(img))    # (N, D), differentiable
+    all_txt = torch.cat(torch.distributed.nn.all_gather(txt))
+    loss = fused_contrastive_loss(img, txt, scale, gathered_image=all_img, gathered_text=all_txt,
+                                  rank_offset=rank * img.shape[0], labels=all_labels_or_None)
+
+Each rank runs two row-only passes (its image rows against all texts, its text rows against all
+images): 2 B_r x N x D matmuls forward, as open_clip's local loss; the positive-pair penalty uses the
+local pairs for ``pos`` and the gathered batch for ``neg``/``both``.
+
+Compile: the per-tile elementwise/reduction functions (the matmuls are aten calls either way) are
+``torch.compile``d (inductor: Triton on GPU, C++ on CPU) when ``compile`` is True or a backend name.
+``"auto"`` (default) compiles on CUDA and runs the in-place eager tiles on CPU: there matmuls dominate,
+the two measured within noise of each other (benchmarks/README.md) and a cold compile costs 5-15 s.
+If compilation fails, a warning is printed and the eager tiles are used.
+"""
+from __future__ import annotations
+
+import math
+import warnings
+
+import torch
+from torch import Tensor
+
+from clipcore.losses import pair_penalty
+
+# Tiles are square, TILE x TILE (smaller only at the edges): every matmul of a tile then has an inner
+# dimension >= min(TILE, D); thin tiles make dY += G^T X_i a short-K matmul. On the 2-core CPU, B = 4096,
+# 512-row full-width tiles ran at 2.8x the matmul floor and 2048^2 tiles at 1.6x; at B = 16k, 2048^2
+# tiles at 1.7x and 4096^2 at 1.4x. 4096^2 fp32 = 64 MiB; on GPU 8192^2 (B = 1M is 128 x 128 tiles).
+TILE = {"cpu": 4096, "cuda": 8192}
+# Score tiles kept from forward to backward instead of recomputed (MiB). On CPU the matmul dominates, so
+# keeping the tiles of a small batch (all of B = 4096 in fp32: one tile) removes the fourth matmul; at
+# B = 16k it keeps 1 of 16. On GPU the default is pure recompute: memory is the point there.
+KEEP_MIB = {"cpu": 64, "cuda": 0}
+
+
+# ---------------------------------------------------------------- tile kernels
+# A tile's scores are one matmul, ``sc = (s X_i) @ Y_j^T`` (x arrives pre-multiplied by the logit scale,
+# as the reference's ``(logit_scale * image) @ text.T``), done by the caller. The kernels below are the
+# elementwise/reduction work on a score tile, in fp32 (fp64 for fp64 inputs): eager versions written
+# in place (one tile-sized temporary), and functional twins that torch.compile fuses into one or two
+# loops (inductor: C++/OpenMP on CPU, Triton on GPU).
+def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _up(sc: Tensor) -> Tensor:
+    acc = _acc_dtype(sc.dtype)
+    return sc if sc.dtype == acc else sc.to(acc)
+
+
+def _lse_both_eager(sc: Tensor) -> tuple[Tensor, Tensor]:
+    """(tr, tc) scores -> row and column log-sum-exp; leaves sc intact."""
+    sc = _up(sc)
+    m = sc.amax(1)
+    e = torch.sub(sc, m[:, None]).exp_()
+    row = e.sum(1).log_().add_(m)
+    m = sc.amax(0)
+    torch.sub(sc, m[None, :], out=e).exp_()
+    return row, e.sum(0).log_().add_(m)
+
+
+def _lse_rows_eager(sc: Tensor) -> Tensor:
+    sc = _up(sc)
+    m = sc.amax(1)
+    return torch.sub(sc, m[:, None]).exp_().sum(1).log_().add_(m)
+
+
+def _grad_both_eager(sc: Tensor, a: Tensor, c: Tensor, out_dtype: torch.dtype) -> Tensor:
+    """G = exp(sc - a_i) + exp(sc - c_j) (the loss weights are folded into a, c); overwrites sc."""
+    sc = _up(sc)
+    e = torch.sub(sc, a[:, None]).exp_()
+    return sc.sub_(c[None, :]).exp_().add_(e).to(out_dtype)
+
+
+def _grad_rows_eager(sc: Tensor, a: Tensor, out_dtype: torch.dtype) -> Tensor:
+    return _up(sc).sub_(a[:, None]).exp_().to(out_dtype)
+
+
+def _lse_both_f(sc):
+    sc = _up(sc)
+    return torch.logsumexp(sc, 1), torch.logsumexp(sc, 0)
+
+
+def _lse_rows_f(sc):
+    return torch.logsumexp(_up(sc), 1)
+
+
+def _grad_both_f(sc, a, c, out_dtype):
+    sc = _up(sc)
+    return (torch.exp(sc - a[:, None]) + torch.exp(sc - c[None, :])).to(out_dtype)
+
+
+def _grad_rows_f(sc, a, out_dtype):
+    return torch.exp(_up(sc) - a[:, None]).to(out_dtype)
+
+
+_EAGER = {"lse_both": _lse_both_eager, "lse_rows": _lse_rows_eager,
+          "grad_both": _grad_both_eager, "grad_rows": _grad_rows_eager}
+_FUNCTIONAL = {"lse_both": _lse_both_f, "lse_rows": _lse_rows_f, "grad_both": _grad_both_f, "grad_rows": _grad_rows_f}
+_COMPILED: dict[str, dict] = {}
+
+
+class _Fallback:
+    """A compiled tile function that falls back to the eager one (once, with a warning) if it fails."""
+
+    def __init__(self, name: str, backend: str):
+        self.name, self.backend, self.failed = name, backend, False
+        self.fn = torch.compile(_FUNCTIONAL[name], backend=backend, fullgraph=True)
+
+    def __call__(self, *args):
+        if not self.failed:
+            try:
+                return self.fn(*args)
+            except torch.OutOfMemoryError:
+                raise
+            except Exception as err:  # no C++ compiler, no Triton, unsupported device...
+                self.failed = True
+                warnings.warn(f"clipcore.fused: torch.compile(backend={self.backend!r}) of the {self.name} tile "
+                              f"failed ({type(err).__name__}: {err}); using the eager tile. Pass compile=False "
+                              "to silence this.", RuntimeWarning, stacklevel=2)
+        return _EAGER[self.name](*args)
+
+
+def tile_kernels(compile: bool | str, device: torch.device) -> dict:
+    """The four tile functions: eager, or torch.compile'd with ``backend`` (cached per backend).
+
+    ``"auto"``: inductor on CUDA, eager on CPU (where both measured the same and compiling costs 5-15 s).
+    """
+    if compile == "auto":
+        compile = device.type == "cuda"
+    if compile is False or compile == "eager":
+        return _EAGER
+    backend = "inductor" if compile is True else str(compile)
+    if backend not in _COMPILED:
+        _COMPILED[backend] = {name: _Fallback(name, backend) for name in _EAGER}
+    return _COMPILED[backend]
+
+
+def tile_sizes(m: int, n: int, device: torch.device, tile: int | None, col_tile: int | None) -> tuple[int, int]:
+    """(row tile, column tile) for an (m, n) score matrix: ``TILE`` squares unless given."""
+    side = TILE["cuda" if device.type == "cuda" else "cpu"]
+    tr = tile or side
+    tc = col_tile or tile or side
+    return max(1, min(tr, m)), max(1, min(tc, n))
+
+
+# ---------------------------------------------------------------- the autograd Function
+class _TiledLSE(torch.autograd.Function):
+    """w_r * sum_i lse_j(S_ij) + w_c * sum_j lse_i(S_ij) of S = s X Y^T, tile by tile.
+
+    x: (M, D), y: (N, D), scale: 0-dim. w_c = 0 skips the column direction. Returns a 0-dim tensor in
+    the accumulation dtype (fp32, fp64 for fp64 inputs). Saves x, y, scale, the (M,) and (N,) lse and,
+    up to ``keep_bytes``, score tiles that the backward then reuses instead of recomputing.
+    """
+
+    @staticmethod
+    def forward(ctx, x, y, scale, w_r: float, w_c: float, tr: int, tc: int, keep_bytes: int, kernels: dict):
+        acc = _acc_dtype(x.dtype)
+        s = scale.detach().to(x.dtype)
+        m, n = x.shape[0], y.shape[0]
+        cols = w_c != 0.0
+        row_lse = torch.empty(m, dtype=acc, device=x.device)
+        col_lse = torch.full((n,), -math.inf, dtype=acc, device=x.device) if cols else None
+        kept = {}
+        for i0 in range(0, m, tr):
+            xi, r = x[i0:i0 + tr] * s, None  # scaled per row block: no (M, D) copy
+            for j0 in range(0, n, tc):
+                sc = xi @ y[j0:j0 + tc].T
+                if cols:
+                    tr_lse, tc_lse = kernels["lse_both"](sc)
+                    col_lse[j0:j0 + tc] = torch.logaddexp(col_lse[j0:j0 + tc], tc_lse)
+                else:
+                    tr_lse = kernels["lse_rows"](sc)
+                r = tr_lse if r is None else torch.logaddexp(r, tr_lse)
+                if sc.nbytes <= keep_bytes:
+                    kept[i0, j0] = sc
+                    keep_bytes -= sc.nbytes
+            row_lse[i0:i0 + tr] = r
+        ctx.save_for_backward(x, y, scale, row_lse, col_lse if cols else row_lse.new_empty(0))
+        ctx.cfg = (w_r, w_c, tr, tc, kernels)
+        ctx.kept = kept
+        out = w_r * row_lse.sum()
+        return out + w_c * col_lse.sum() if cols else out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out):
+        x, y, scale, row_lse, col_lse = ctx.saved_tensors
+        w_r, w_c, tr, tc, kernels = ctx.cfg
+        kept, ctx.kept = ctx.kept, {}  # consumed (overwritten) here; a second backward recomputes
+        acc = row_lse.dtype
+        go = grad_out.to(acc)
+        s, s_x = scale.detach().to(acc), scale.detach().to(x.dtype)
+        m, n = x.shape[0], y.shape[0]
+        # Fold the weights into the shifts: w * exp(S - lse) = exp(S - (lse - log w)).
+        a = row_lse - math.log(w_r)
+        c = col_lse - math.log(w_c) if w_c != 0.0 else None
+        dx = torch.empty_like(x) if ctx.needs_input_grad[0] else None
+        dy = torch.zeros(y.shape, dtype=acc, device=x.device)  # sum_i G^T (s X_i), fp32 across row blocks
+        dscale = torch.zeros((), dtype=acc, device=x.device)
+        for i0 in range(0, m, tr):
+            xi, ai = x[i0:i0 + tr], a[i0:i0 + tr]
+            xs = xi * s_x
+            gx = torch.zeros(xi.shape, dtype=acc, device=x.device)  # (G @ Y)_i: complete after the j loop
+            for j0 in range(0, n, tc):
+                yj = y[j0:j0 + tc]
+                sc = kept.pop((i0, j0), None)
+                if sc is None:
+                    sc = xs @ yj.T
+                if c is None:
+                    g = kernels["grad_rows"](sc, ai, x.dtype)
+                else:
+                    g = kernels["grad_both"](sc, ai, c[j0:j0 + tc], x.dtype)
+                del sc
+                if x.dtype == acc:  # accumulate inside the matmul (beta = 1): no extra pass
+                    gx.addmm_(g, yj)
+                    dy[j0:j0 + tc].addmm_(g.T, xs)
+                else:
+                    gx += (g @ yj).to(acc)
+                    dy[j0:j0 + tc] += (g.T @ xs).to(acc)
+            # dLoss/ds = sum_ij G_ij <x_i, y_j> = sum_i <x_i, (G Y)_i>;  dLoss/dX_i = s (G Y)_i.
+            dscale += (xi.to(acc) * gx).sum()
+            if dx is not None:
+                dx[i0:i0 + tr] = gx.mul_(s * go)
+        dscale = (dscale * go).to(scale.dtype) if ctx.needs_input_grad[2] else None
+        dy = dy.mul_(go).to(y.dtype) if ctx.needs_input_grad[1] else None
+        return dx, dy, dscale, None, None, None, None, None, None
+
+
+# ---------------------------------------------------------------- the loss
+def _target(image: Tensor, text: Tensor, all_image: Tensor, all_text: Tensor, scale: Tensor,
+            labels: Tensor | None, offset: int) -> Tensor:
+    """0.5 * (mean_i sum_j p_ij L_ij over local image rows + the same over local text rows), O(B D)."""
+    acc = _acc_dtype(image.dtype)
+    x, y = image.to(acc), text.to(acc)
+    if labels is None:
+        return scale.to(acc) * (x * y).sum(1).mean()
+    _, cls = torch.unique(labels, return_inverse=True)
+    k = int(cls.max()) + 1
+    counts = torch.bincount(cls, minlength=k).to(acc)[:, None]
+    mean_text = torch.zeros(k, all_text.shape[1], dtype=acc, device=x.device).index_add_(0, cls, all_text.to(acc)) / counts
+    mean_image = torch.zeros(k, all_image.shape[1], dtype=acc, device=x.device).index_add_(0, cls, all_image.to(acc)) / counts
+    local = cls[offset:offset + x.shape[0]]
+    rows = (x * mean_text[local]).sum(1).mean()
+    cols = (y * mean_image[local]).sum(1).mean()
+    return scale.to(acc) * 0.5 * (rows + cols)
+
+
+def fused_contrastive_loss(
+    image: Tensor,
+    text: Tensor,
+    logit_scale: Tensor | float,
+    *,
+    labels: Tensor | None = None,
+    logit_bias: Tensor | float | None = None,
+    reg_lambda: float = 0.0,
+    reg_pairs: str = "pos",
+    reg_over_tau: bool = False,
+    tile: int | None = None,
+    col_tile: int | None = None,
+    keep_mib: float | None = None,
+    compile: bool | str = "auto",
+    gathered_text: Tensor | None = None,
+    gathered_image: Tensor | None = None,
+    rank_offset: int | None = None,
+) -> Tensor:
+    """Symmetric InfoNCE as :func:`clipcore.losses.contrastive_loss`, without the B x B logits.
+
+    image, text: (B, D) pairs (a rank's local rows in the distributed form). logit_scale: scalar
+    1/tau, a 0-dim tensor may require grad. labels: (B,) ints, equal labels are positives (the
+    gathered (N,) labels in the distributed form). logit_bias: scalar or tensor (cancels; zero grad).
+    reg_*: the positive-pair regulariser, as in ``losses.contrastive_loss``.
+    tile, col_tile: rows and columns per tile (None: ``TILE``; col_tile defaults to tile).
+    keep_mib: MiB of score tiles kept for the backward instead of recomputed (None: ``KEEP_MIB``;
+    0 never holds more than one tile).
+    compile: True (inductor), a torch.compile backend name (e.g. "aot_eager"), False (eager tiles) or
+    "auto" (inductor on CUDA, eager on CPU).
+    gathered_text, gathered_image: (N, D) all-gathered embeddings (with autograd), rank_offset: this
+    rank's first row in them. Returns this rank's share (see the module docstring).
+    Memory: O((B + N) D + tile^2 + keep_mib), never B x N. Time: 4 matmuls of B x N x D (3 for the
+    kept tiles) against the materialised loss's 3, plus elementwise work on the tiles.
+    """
+    if image.shape != text.shape or image.dim() != 2:
+        raise ValueError(f"image and text embeddings must both be (B, D); got {tuple(image.shape)} and {tuple(text.shape)}")
+    if image.shape[0] == 0:
+        raise ValueError("the contrastive loss of an empty batch is undefined (image and text have 0 rows)")
+    distributed = gathered_text is not None or gathered_image is not None
+    if distributed:
+        if gathered_text is None or gathered_image is None:
+            raise ValueError("the distributed form needs both gathered_text and gathered_image (N, D); pass both or neither")
+        if gathered_text.shape != gathered_image.shape or gathered_text.dim() != 2 or gathered_text.shape[1] != image.shape[1]:
+            raise ValueError(f"gathered_text and gathered_image must both be (N, {image.shape[1]}); got "
+                             f"{tuple(gathered_text.shape)} and {tuple(gathered_image.shape)}")
+        all_image, all_text = gathered_image, gathered_text
+    else:
+        all_image, all_text = image, text
+    b, n = image.shape[0], all_text.shape[0]
+    if labels is not None:
+        if labels.dim() != 1 or labels.shape[0] != n:
+            what = "the gathered (N,) labels of all ranks" if distributed else "one label per row"
+            raise ValueError(f"labels must be ({n},) ({what}); got {tuple(labels.shape)}")
+        if distributed and rank_offset is None:
+            raise ValueError("labels in the distributed form need rank_offset (this rank's first row in the gathered batch)")
+    offset = rank_offset or 0
+    if not 0 <= offset <= n - b:
+        raise ValueError(f"rank_offset={rank_offset} does not fit {b} local rows in a gathered batch of {n}")
+
+    scale = logit_scale if isinstance(logit_scale, Tensor) else torch.tensor(float(logit_scale), device=image.device)
+    if scale.numel() != 1:
+        raise ValueError(f"logit_scale must be a scalar; got shape {tuple(scale.shape)}")
+    scale = scale.reshape(())
+    kernels = tile_kernels(compile, image.device)
+    kind = "cuda" if image.device.type == "cuda" else "cpu"
+    keep = int((KEEP_MIB[kind] if keep_mib is None else keep_mib) * 2**20)
+    image, text = image.contiguous(), text.contiguous()
+    tr, tc = tile_sizes(b, n, image.device, tile, col_tile)
+    if distributed:
+        # Image rows against all texts, text rows against all images: two row-only passes.
+        lse = _TiledLSE.apply(image, all_text.contiguous(), scale, 0.5 / b, 0.0, tr, tc, keep // 2, kernels)
+        lse = lse + _TiledLSE.apply(text, all_image.contiguous(), scale, 0.5 / b, 0.0, tr, tc, keep // 2, kernels)
+    else:
+        lse = _TiledLSE.apply(image, text, scale, 0.5 / b, 0.5 / b, tr, tc, keep, kernels)
+    loss = lse - _target(image, text, all_image, all_text, scale, labels, offset)
+    loss = loss.to(image.dtype)
+    if isinstance(logit_bias, Tensor):
+        loss = loss + 0.0 * logit_bias.sum()  # softmax CE is shift-invariant: keep bias in the graph, grad 0
+    if reg_lambda:
+        penalty = pair_penalty(image, text, "pos") if reg_pairs == "pos" else pair_penalty(all_image, all_text, reg_pairs)
+        loss = loss + reg_lambda * (penalty * logit_scale if reg_over_tau else penalty)
+    return loss
