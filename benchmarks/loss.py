@@ -1,8 +1,12 @@
 """Contrastive loss, forward + backward: materialised vs open_clip vs clipcore fused vs the matmul floor.
 
     python benchmarks/loss.py --device cpu --batch-sizes 1024,4096,16384 --dtypes fp32 --dim 512 --json cpu.json
-    python benchmarks/loss.py --device cuda --batch-sizes 16384,32768,65536 --dtypes bf16,fp32 --dim 512 --json gpu.json
-    python benchmarks/loss.py --device cuda --batch-sizes 131072,1048576 --dtypes bf16 --impls fused-compiled
+    python benchmarks/loss.py --device cuda --batch-sizes 16384,32768,65536,131072 --dtypes bf16,fp32 --dim 512 \
+        --reps 10 --json loss_cuda.json
+    python benchmarks/loss.py --device cuda --batch-sizes 262144,1048576 --dtypes bf16 --dim 512 \
+        --impls fused-compiled,fused-eager --reps 3 --json loss_cuda_1m.json
+Results and the exact commands used: benchmarks/README.md. Rows that run out of memory are recorded
+with ms = null and a note.
 
 Rows, per (batch B, dtype), on L2-normalised (B, dim) embeddings with logit scale 100:
   floor           the three B x B x dim matmuls any exact loss needs (S = XY^T, dX = GY, dY = G^TX);
