@@ -4,8 +4,11 @@
     python -m clipcore.train --train-data pairs.csv --val-data val.csv --model small --epochs 30
     python -m clipcore.train --train-data images/ --loss reg --reg-lambda 0.1
     python -m clipcore.train --resume latest                   # continue the run named by the same flags
+    python -m clipcore.train --method reco --init logs/<run>/checkpoints/latest.pt   # a paper method (clipcore.methods)
 
-Every default lives in :class:`TrainConfig`; the CLI only overrides it. Outputs go to
+Every default lives in :class:`TrainConfig` (a method's own options in its ``Config``); the CLI only
+overrides them. A method (``--method``, :mod:`clipcore.methods`) supplies model, data, batch format, loss and
+evaluation as a :class:`~clipcore.methods.Task`; this loop does the rest for all of them. Outputs go to
 ``{logs}/{name}/``: ``metrics.jsonl``, ``loss.png``, ``checkpoints/latest.pt`` (and TensorBoard events
 when tensorboard is installed).
 """
@@ -18,7 +21,7 @@ import math
 import random
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +32,7 @@ from clipcore import checkpoint as ckpt_io
 from clipcore.data import load_dataset, make_loader
 from clipcore.evaluate import evaluate_model
 from clipcore.losses import LOSSES, make_loss
+from clipcore.methods import Task, available, get_method, method_config, trainable_parameters
 from clipcore.models import CLIP, get_config
 
 
@@ -39,10 +43,13 @@ class TrainConfig:
     val_data: str | None = None      # None: the default's val split when training on it, else no validation
     skip_bad: bool = False           # skip unreadable rows / empty captions instead of stopping (reports the count)
     workers: int = 0                 # DataLoader worker processes (file-backed data benefits; in-memory needs none)
-    # model and loss
+    # method, model and loss
+    method: str = "clip"             # clip (pretraining) | a paper method of clipcore.methods (reco, grain, arf)
+    options: dict = field(default_factory=dict)  # the method's options (its Config fields; CLI --<method>-<field>)
+    init: str | None = None          # start from this checkpoint's model (a method's frozen base or starting point)
     model: str = "tiny"
     loss: str = "multipos"           # multipos = clip when no two pairs share a label/caption
-    loss_impl: str = "naive"         # naive: materialised B x B logits | fused: tiled (clipcore.fused)
+    loss_impl: str = "fused"         # fused: tiled, never the B x B logits (clipcore.fused) | naive: materialised
     reg_lambda: float = 0.1          # reg loss: weight of the positive-pair penalty (theory.md section 6)
     reg_pairs: str = "pos"
     # optimisation: tuned for tiny on 2 CPU cores (README: accuracy and time of the default run)
@@ -95,7 +102,8 @@ def resolve_device(device: str) -> torch.device:
 def run_dir(cfg: TrainConfig) -> Path:
     """The run folder. Without --resume an existing folder is never reused: a suffix is added."""
     data = Path(cfg.train_data).stem if cfg.train_data else "animal-mnist"
-    base = Path(cfg.logs) / (cfg.name or f"{cfg.model}_{data}_{cfg.loss}_s{cfg.seed}")
+    what = f"{cfg.model}_{data}_{cfg.loss}" if cfg.method == "clip" else f"{cfg.method}_{data}"
+    base = Path(cfg.logs) / (cfg.name or f"{what}_s{cfg.seed}")
     if cfg.resume or not base.exists():
         return base
     i = 1
@@ -104,31 +112,72 @@ def run_dir(cfg: TrainConfig) -> Path:
     return base.with_name(f"{base.name}-{i}")
 
 
+# ----------------------------------------------------------------------------- the CLIP task
+def clip_task(cfg: TrainConfig, device: torch.device) -> Task:
+    """Plain CLIP training (``--method clip``): image-caption batches and the contrastive loss of ``--loss``."""
+    if cfg.init:
+        model, tokenizer, _ = ckpt_io.load_model(cfg.init, device)
+        model_cfg = model.cfg
+    else:
+        model_cfg = get_config(cfg.model)
+        model, tokenizer = CLIP(model_cfg).to(device), ckpt_io.tokenizer_for(model_cfg)
+    vis = model_cfg.vision
+    data_kw = dict(image_size=vis.image_size, in_channels=vis.in_channels, seed=cfg.seed, skip_bad=cfg.skip_bad)
+    train_ds = load_dataset(cfg.train_data, "train", **data_kw)
+    splits = {}
+    if cfg.val_data or not cfg.train_data:
+        splits["val"] = load_dataset(cfg.val_data, "val", **data_kw)
+    if not cfg.train_data:
+        splits["test"] = load_dataset(None, "test", **data_kw)
+    loss_fn = make_loss(cfg.loss, reg_lambda=cfg.reg_lambda, reg_pairs=cfg.reg_pairs, impl=cfg.loss_impl)
+    fwd = torch.compile(model) if cfg.compile else model
+
+    def step(batch):
+        images, tokens, labels = (t.to(device) for t in batch)
+        img, txt, scale = fwd(images, tokens)
+        return loss_fn(img.float(), txt.float(), scale, labels=labels), {"logit_scale": scale.item()}
+
+    def evaluate(split: str) -> dict:
+        ds = splits.get(split) if split == "val" else splits.get("test", splits.get("val"))
+        return evaluate_model(model, tokenizer, ds, device=device, retrieval=split == "test")
+
+    return Task(
+        model=model, steps_per_epoch=len(train_ds) // cfg.batch_size,
+        loader=lambda epoch, start: make_loader(train_ds, tokenizer, cfg.batch_size, seed=cfg.seed, epoch=epoch,
+                                                start_batch=start, num_workers=cfg.workers),
+        step=step, evaluate=evaluate if splits else None,
+        eval_splits=tuple(splits) + (("test",) if "test" not in splits and splits else ()),
+        meta={"model_config": dataclasses.asdict(model_cfg),
+              "tokenizer": tokenizer.state_dict() if hasattr(tokenizer, "state_dict") else None},
+        describe=f"{len(train_ds)} train pairs",
+        held_out=f"test split, {len(splits['test'])} images" if "test" in splits else "val data",
+    )
+
+
+def build_task(cfg: TrainConfig, device: torch.device) -> Task:
+    if cfg.method == "clip":
+        if cfg.options:
+            raise ValueError(f"--method clip takes no method options; got {sorted(cfg.options)}")
+        return clip_task(cfg, device)
+    module = get_method(cfg.method)
+    return module.build(cfg, method_config(module, cfg.options), device)
+
+
 # ----------------------------------------------------------------------------- loop
 def train(cfg: TrainConfig) -> dict:
     """Run training; return the final held-out metrics (and ``run_dir``, ``losses``)."""
     device = resolve_device(cfg.device)
     random.seed(cfg.seed); np.random.seed(cfg.seed); torch.manual_seed(cfg.seed)
-    model_cfg = get_config(cfg.model)
-    model = CLIP(model_cfg).to(device)
-    tokenizer = ckpt_io.tokenizer_for(model_cfg)
-    vis = model_cfg.vision
-    data_kw = dict(image_size=vis.image_size, in_channels=vis.in_channels, seed=cfg.seed, skip_bad=cfg.skip_bad)
-    train_ds = load_dataset(cfg.train_data, "train", **data_kw)
-    val_ds = load_dataset(cfg.val_data, "val", **data_kw) if cfg.val_data or not cfg.train_data else None
-    test_ds = load_dataset(None, "test", **data_kw) if not cfg.train_data else None
-
-    steps_per_epoch = len(train_ds) // cfg.batch_size
+    task = build_task(cfg, device)
+    model, steps_per_epoch = task.model, task.steps_per_epoch
     if steps_per_epoch == 0:
-        raise ValueError(f"--batch-size {cfg.batch_size} exceeds the {len(train_ds)} training pairs; lower it")
+        raise ValueError(f"--batch-size {cfg.batch_size} exceeds the training set ({task.describe}); lower it")
     total = steps_per_epoch * cfg.epochs
     # fused=True: one kernel over all parameters (3x faster than the per-tensor default on CPU, measured)
     opt = torch.optim.AdamW(param_groups(model, cfg.wd), lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6, fused=True)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(cfg.warmup, total))
-    loss_fn = make_loss(cfg.loss, reg_lambda=cfg.reg_lambda, reg_pairs=cfg.reg_pairs, impl=cfg.loss_impl)
     amp_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.precision]
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
-    fwd = torch.compile(model) if cfg.compile else model
 
     out = run_dir(cfg)
     ckpt_path = out / "checkpoints" / "latest.pt"
@@ -147,22 +196,18 @@ def train(cfg: TrainConfig) -> dict:
         ckpt_io.save_atomic({
             "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
             "scaler": scaler.state_dict(), "rng": ckpt_io.rng_state(), "step": step, "epoch": epoch, "batch": batch,
-            "model_config": dataclasses.asdict(model_cfg), "train_config": dataclasses.asdict(cfg),
-            "tokenizer": tokenizer.state_dict() if hasattr(tokenizer, "state_dict") else None,
+            "method": cfg.method, "train_config": dataclasses.asdict(cfg), **task.meta,
         }, ckpt_path)
 
-    print(f"run {out}: {len(train_ds)} train pairs, {steps_per_epoch} steps/epoch x {cfg.epochs} epochs, device {device}")
+    print(f"run {out} [{cfg.method}]: {task.describe}; {trainable_parameters(model):,} trainable parameters, "
+          f"{steps_per_epoch} steps/epoch x {cfg.epochs} epochs, device {device}")
     t0, losses, stop = time.time(), [], False
     while epoch < cfg.epochs and not stop:
         model.train()
-        loader = make_loader(train_ds, tokenizer, cfg.batch_size, seed=cfg.seed, epoch=epoch,
-                             start_batch=start_batch, num_workers=cfg.workers)
-        bar = tqdm(loader, desc=f"epoch {epoch}", leave=False, file=sys.stderr, disable=None)
-        for i, (images, tokens, labels) in enumerate(bar, start=start_batch):
-            images, tokens, labels = images.to(device), tokens.to(device), labels.to(device)
+        bar = tqdm(task.loader(epoch, start_batch), desc=f"epoch {epoch}", leave=False, file=sys.stderr, disable=None)
+        for i, batch in enumerate(bar, start=start_batch):
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                img, txt, scale = fwd(images, tokens)
-                loss = loss_fn(img.float(), txt.float(), scale, labels=labels)
+                loss, info = task.step(batch)
             if not torch.isfinite(loss):
                 raise NonFiniteLoss(f"loss is {loss.item()} at step {step + 1} (epoch {epoch}, batch {i}); "
                                     f"the last good checkpoint is {ckpt_path if ckpt_path.exists() else 'none (none saved yet)'}. "
@@ -177,32 +222,30 @@ def train(cfg: TrainConfig) -> dict:
             losses.append(loss.item())
             if step % cfg.log_every == 0:
                 log.write({"step": step, "epoch": epoch, "loss": losses[-1], "lr": sched.get_last_lr()[0],
-                           "logit_scale": scale.item(), "time": time.time() - t0})
-                bar.set_postfix(loss=f"{losses[-1]:.3f}", scale=f"{scale.item():.1f}")
+                           **info, "time": time.time() - t0})
+                bar.set_postfix(loss=f"{losses[-1]:.3f}", **{k: f"{v:.3g}" for k, v in info.items()})
             at_end = i + 1 == steps_per_epoch
             stop = bool(cfg.max_steps) and step >= cfg.max_steps
             if (cfg.save_every and step % cfg.save_every == 0) or (stop and not at_end):
                 save(epoch, i + 1)
-            if stop:
+            if stop or at_end:
                 break
         else:
             i = steps_per_epoch - 1
         if i + 1 == steps_per_epoch:
             epoch, start_batch = epoch + 1, 0
             save(epoch, 0)
-            if val_ds is not None:
-                m = evaluate_model(model, tokenizer, val_ds, device=device, retrieval=False)
+            if "val" in task.eval_splits:
+                m = task.evaluate("val")
                 log.write({"step": step, "epoch": epoch, "time": time.time() - t0, **{f"val/{k}": v for k, v in m.items()}})
                 print(f"epoch {epoch}: loss {losses[-1]:.3f}  val " + "  ".join(f"{k} {v:.3f}" for k, v in m.items()))
 
     result = {"run_dir": str(out), "steps": step, "seconds": time.time() - t0, "losses": losses}
-    held_out = test_ds or val_ds
-    if held_out is not None and not stop:
-        m = evaluate_model(model, tokenizer, held_out, device=device)
+    if "test" in task.eval_splits and not stop:
+        m = task.evaluate("test")
         log.write({"step": step, "time": time.time() - t0, **{f"test/{k}": v for k, v in m.items()}})
         result.update(m)
-        split = "test split" if test_ds is not None else "val data"
-        print(f"held-out ({split}, {len(held_out)} images): zero-shot top-1 {m.get('acc1', float('nan')):.4f}"
+        print(f"held-out ({task.held_out}): zero-shot top-1 {m.get('acc1', float('nan')):.4f}"
               + (f", top-5 {m['acc5']:.4f}" if "acc5" in m else "") + f"  [{result['seconds']:.0f} s]")
     log.close()
     return result
@@ -268,7 +311,10 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     g.add_argument("--val-data", default=d.val_data)
     g.add_argument("--skip-bad", action="store_true", help="skip bad rows (missing/unreadable image, empty caption) and report how many")
     g.add_argument("--workers", type=int, default=d.workers)
-    g = p.add_argument_group("model and loss")
+    g = p.add_argument_group("method, model and loss")
+    methods = available()
+    g.add_argument("--method", default=d.method, choices=("clip", *methods))
+    g.add_argument("--init", default=d.init, help="checkpoint whose model to start from (a method's frozen base)")
     g.add_argument("--model", default=d.model, help="preset name (clipcore.models.PRESETS)")
     g.add_argument("--loss", default=d.loss, choices=LOSSES)
     g.add_argument("--loss-impl", default=d.loss_impl, choices=("naive", "fused"))
@@ -287,8 +333,29 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     g.add_argument("--resume", default=d.resume, help="'latest' (this run's checkpoints/latest.pt) or a checkpoint path")
     for flag in ("save_every", "max_steps", "log_every"):
         g.add_argument("--" + flag.replace("_", "-"), type=int, default=getattr(d, flag))
+    for name, module in methods.items():
+        add_method_flags(p, name, module)
     a = p.parse_args(argv)
-    return TrainConfig(**{f.name: getattr(a, f.name) for f in dataclasses.fields(TrainConfig)})
+    given = {k: v for k, v in vars(a).items() if "__" in k}  # method flags the user passed (no defaults here)
+    wrong = sorted("--" + k.replace("__", "-").replace("_", "-") for k in given if not k.startswith(a.method + "__"))
+    if wrong:
+        p.error(f"{', '.join(wrong)} do not apply to --method {a.method}")
+    options = {k.split("__", 1)[1]: v for k, v in given.items()}
+    return TrainConfig(**{f.name: getattr(a, f.name) for f in dataclasses.fields(TrainConfig) if f.name != "options"},
+                       options=options)
+
+
+def add_method_flags(p: argparse.ArgumentParser, name: str, module) -> None:
+    """One flag ``--{name}-{field}`` per field of the method's Config; defaults stay in the Config."""
+    g = p.add_argument_group(f"--method {name}", (module.__doc__ or "").strip().split("\n")[0])
+    for f in dataclasses.fields(module.Config):
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        flag, dest = f"--{name}-{f.name.replace('_', '-')}", f"{name}__{f.name}"
+        kw = dict(dest=dest, default=argparse.SUPPRESS, help=f"(default: {default!r})")
+        if isinstance(default, bool):
+            g.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
+        else:
+            g.add_argument(flag, type=type(default) if isinstance(default, (int, float)) else str, **kw)
 
 
 def main(argv: list[str] | None = None) -> None:

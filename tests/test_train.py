@@ -144,3 +144,48 @@ def test_param_groups_exclude_gains_biases_and_scale():
 def test_mixed_precision_runs(tmp_path, precision):
     out = train(TrainConfig(logs=str(tmp_path), precision=precision, max_steps=2, **FAST))
     assert all(math.isfinite(v) for v in out["losses"])
+
+
+# ----------------------------------------------------------------------------- method plug-ins
+def test_method_plugin_flags_and_options(monkeypatch):
+    """A method module's Config fields become --<method>-<field> flags; only given flags reach options."""
+    import dataclasses
+    import sys
+    import types
+
+    from clipcore import methods
+
+    mod = types.ModuleType("fake_method", "A fake method.")
+
+    @dataclasses.dataclass
+    class Config:
+        k: int = 3
+        scale: float = 1.0
+        mode: str = "uni"
+        frozen: bool = True
+
+    mod.Config, mod.build = Config, lambda cfg, mcfg, device: None
+    monkeypatch.setitem(sys.modules, "fake_method", mod)
+    monkeypatch.setitem(methods.METHODS, "fake", "fake_method")
+    cfg = parse_args(["--method", "fake", "--fake-k", "7", "--no-fake-frozen", "--fake-mode", "cross"])
+    assert cfg.method == "fake" and cfg.options == {"k": 7, "frozen": False, "mode": "cross"}
+    assert methods.method_config(mod, cfg.options) == Config(k=7, scale=1.0, mode="cross", frozen=False)
+    with pytest.raises(SystemExit):  # a method's flag without that method
+        parse_args(["--fake-k", "7"])
+    with pytest.raises(ValueError, match="unknown option"):
+        methods.method_config(mod, {"kk": 1})
+    with pytest.raises(ValueError, match="unknown --method"):
+        methods.get_method("nope")
+
+
+def test_init_continues_from_a_checkpoint(tmp_path):
+    """--init starts the CLIP method from a checkpoint's weights (its model config wins over --model)."""
+    first = train(TrainConfig(logs=str(tmp_path), name="a", max_steps=2, **FAST))
+    ckpt = tmp_path / "a" / "checkpoints" / "latest.pt"
+    state = ckpt_io.load(ckpt)
+    assert state["method"] == "clip"
+    second = train(TrainConfig(logs=str(tmp_path), name="b", max_steps=1, init=str(ckpt), model="small", **FAST))
+    again = train(TrainConfig(logs=str(tmp_path), name="c", max_steps=1, init=str(ckpt), model="small", **FAST))
+    assert second["losses"] == again["losses"] and first["steps"] == 2
+    assert second["losses"][0] != first["losses"][0]  # trained weights, not a fresh model with the same seed
+    assert ckpt_io.load(tmp_path / "b" / "checkpoints" / "latest.pt")["model_config"] == state["model_config"]

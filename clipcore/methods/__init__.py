@@ -1,0 +1,86 @@
+"""Paper methods as plug-ins of the one training loop (``clipcore.train``).
+
+A method is a module with a ``Config`` dataclass (its options, defaults visible in one place) and a function
+``build(cfg: TrainConfig, mcfg: Config, device) -> Task``. The loop owns the optimiser, schedule, precision,
+checkpoints, logging and the NaN guard; the method owns its model, data, batch format, loss and evaluation:
+
+    python -m clipcore.train --method reco --init runs/base/checkpoints/latest.pt --reco-k 16
+    train(TrainConfig(method="reco", init="base.pt", options={"k": 16}))
+
+Every ``Config`` field ``x`` of method ``m`` becomes the CLI flag ``--m-x`` (bools: ``--m-x`` / ``--no-m-x``).
+``clip`` (plain CLIP pretraining, :func:`clipcore.train.clip_task`) is the default method.
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable
+
+import torch
+from torch import Tensor
+
+# name -> module path; each module defines Config and build(cfg, mcfg, device) -> Task
+METHODS = {
+    "reco": "clipcore.methods.reco",
+    "grain": "clipcore.methods.grain",
+    "arf": "clipcore.methods.arf",
+}
+
+
+@dataclass
+class Task:
+    """What a method hands the training loop.
+
+    model           every weight the method owns; parameters with requires_grad are optimised (frozen towers
+                    stay frozen), ``state_dict()`` goes into the checkpoint under "model"
+    steps_per_epoch optimiser steps in one epoch
+    loader          (epoch, start_batch) -> the batches of that epoch from ``start_batch`` on, deterministic in
+                    (seed, epoch) so that resume continues exactly
+    step            batch -> (scalar loss, {name: float} to log); runs the forward pass under the loop's autocast
+    evaluate        split name ("val" or "test") -> {metric: float}, "acc1" first when there is one; None: no eval
+    eval_splits     which of "val"/"test" exist (val after each epoch, test at the end)
+    meta            extra checkpoint entries, e.g. {"model_config": ..., "tokenizer": ...} so the result loads
+                    with :func:`clipcore.checkpoint.load_model` when the model is a CLIP
+    """
+    model: torch.nn.Module
+    steps_per_epoch: int
+    loader: Callable[[int, int], Iterable[Any]]
+    step: Callable[[Any], tuple[Tensor, dict[str, float]]]
+    evaluate: Callable[[str], dict[str, float]] | None = None
+    eval_splits: tuple[str, ...] = ()
+    meta: dict = field(default_factory=dict)
+    describe: str = ""        # printed at the start: data sizes, the method's settings
+    held_out: str = "test split"  # what "test" evaluates, for the final line
+
+
+def get_method(name: str):
+    """The method module for ``name`` (ImportError with the known names otherwise)."""
+    if name not in METHODS:
+        raise ValueError(f"unknown --method {name!r}; known: clip, {', '.join(METHODS)}")
+    return importlib.import_module(METHODS[name])
+
+
+def available() -> dict[str, Any]:
+    """name -> module for every method whose module exists (a method still being written is skipped)."""
+    out = {}
+    for name, path in METHODS.items():
+        try:
+            out[name] = importlib.import_module(path)
+        except ModuleNotFoundError as e:
+            if e.name != path:
+                raise
+    return out
+
+
+def method_config(module, options: dict):
+    """Build the method's Config from an options dict, naming unknown keys."""
+    names = {f.name for f in dataclasses.fields(module.Config)}
+    unknown = sorted(set(options) - names)
+    if unknown:
+        raise ValueError(f"unknown option(s) {unknown} for {module.__name__}; known: {sorted(names)}")
+    return module.Config(**options)
+
+
+def trainable_parameters(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
