@@ -67,5 +67,9 @@ def load_model(path: str | os.PathLike, device: str = "cpu") -> tuple[CLIP, obje
     ckpt = load(path)
     cfg = config_from_dict(ckpt["model_config"])
     model = CLIP(cfg)
-    model.load_state_dict(ckpt["model"])
+    state = ckpt["model"]
+    prefix = ckpt.get("model_prefix")   # methods that wrap the CLIP (e.g. ARF's "clip.") say where it sits
+    if prefix:
+        state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    model.load_state_dict(state)
     return model.to(device).eval(), tokenizer_for(cfg, ckpt.get("tokenizer")), ckpt

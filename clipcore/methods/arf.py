@@ -1,0 +1,479 @@
+"""ARF: anchor-based robust finetuning (Han et al., CVPR 2024; spec ``papers/arf.md``) and the robust-finetuning
+baselines it is measured against, all through the one training loop.
+
+    python -m clipcore.train --method arf --init theta0.pt --train-data finetune.csv \\
+        --arf-captions captions.jsonl --arf-pool pool.csv            # FLYP + L_TCA + L_ITA
+    python -m clipcore.train --method arf --arf-mode flyp --init theta0.pt --train-data finetune.csv
+
+Modes (``Config.mode``), every one starting from the pretrained model theta0 (``--init``):
+  ft     image tower + a linear head initialised from theta0's class-prompt embeddings (the zero-shot head),
+         cross-entropy; text tower frozen                                              (arf.md section 4)
+  lpft   the head alone on frozen features (``lp_steps``), then ``ft`` from that head
+  flyp   L_FLYP: contrastive finetuning against class prompts, both towers train; same-class images are
+         positives, not negatives (``flyp_pos="multi"``; ``"plain"`` = ordinary CLIP loss with duplicates)
+  arf    L_FLYP + lambda_tca * L_TCA + lambda_ita * L_ITA                            (arf.md eq. in 3.3)
+         L_TCA = L_CL(x_i, Cap(x_i)): finetune images with a captioner's captions (text-compensated anchor)
+         L_ITA = L_CL(x_a, t_a): image-text pairs retrieved from a pool by theta0 (image-text pair anchor)
+ARF-TCA / ARF-ITA are ``arf`` with lambda_ita = 0 / lambda_tca = 0. Controls (ARF-5): ``random_captions``
+(captions replaced by random words of the same length), ``retrieval="random"`` (|A| pool pairs drawn
+uniformly), ``l2sp`` (beta/2 ||theta - theta0||^2 on the towers) and ``distill`` (feature distillation to
+theta0 on the finetune images). WiSE-FT: :func:`wise` interpolates theta0 and theta for any mode.
+Anchor retrieval goes through :mod:`clipcore.memory` (the project's one k-NN path).
+"""
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from clipcore.losses import contrastive_loss
+from clipcore.memory import MemoryBank, encode_pairs
+
+MODES = ("ft", "lpft", "flyp", "arf")
+
+
+@dataclass
+class Config:
+    mode: str = "arf"                 # ft | lpft | flyp | arf (see the module docstring)
+    lambda_tca: float = 1.0           # weight of L_TCA (arf.md 6: 1, swept over 0.25..2)
+    lambda_ita: float = 1.0           # weight of L_ITA
+    captions: str = ""                # JSON lines {"image", "caption"}: a captioner's output for the finetune images
+    pool: str = ""                    # candidate pool: .csv/.tsv, image folder or JSON lines {"image", "caption"}
+    retrieval: str = "text"           # text: pool text vs class prompts | image: pool image vs class image means | random
+    k: int = 20                       # anchors kept per class (union over classes, deduplicated)
+    anchor_ratio: float = 1.0         # anchor batch size / finetune batch size (1:1 default)
+    flyp_pos: str = "multi"           # multi: unique prompts, same-class images positives | plain: CLIP loss
+    random_captions: bool = False     # ARF-5 control (i)
+    l2sp: float = 0.0                 # beta of the L2-SP pull to theta0 (0: off)
+    distill: float = 0.0              # beta of feature distillation to theta0 (0: off)
+    lp_steps: int = 300               # LP-FT: full-batch Adam steps of the linear-probe stage
+    template: str = "a photo of a {}"  # the class prompt p_c
+    anchors_out: str = ""             # write the retrieved anchors (row, class, score, caption) as JSON lines
+
+
+# ----------------------------------------------------------------------------- losses
+def flyp_loss(image: Tensor, prompts: Tensor, labels: Tensor, scale: Tensor | float, pos: str = "multi") -> Tensor:
+    """L_FLYP of images (B, D) against class-prompt embeddings ``prompts`` (C, D); labels (B,) index rows of it.
+
+    multi (arf.md 3.3): image -> text over the batch's unique prompts (CE to its own class); text -> image with
+    every same-class image a positive, uniformly weighted. plain: ``contrastive_loss(image, prompts[labels])``
+    (duplicated prompts are negatives of each other: FLYP's false negatives, kept as a check).
+    """
+    if pos == "plain":
+        return contrastive_loss(image, prompts[labels], scale)
+    if pos != "multi":
+        raise ValueError(f"flyp_pos must be 'multi' or 'plain', got {pos!r}")
+    uniq, inv = labels.unique(return_inverse=True)
+    logits = scale * image @ prompts[uniq].T                       # (B, U)
+    i2t = F.cross_entropy(logits, inv)
+    target = F.one_hot(inv, len(uniq)).T.to(logits.dtype)          # (U, B)
+    t2i = -(target / target.sum(1, keepdim=True) * logits.T.log_softmax(-1)).sum(1).mean()
+    return 0.5 * (i2t + t2i)
+
+
+def l2sp_penalty(model: nn.Module, reference: dict[str, Tensor]) -> Tensor:
+    """sum ||theta - theta0||^2 over the trainable parameters named in ``reference`` (the towers; no head)."""
+    terms = [(p - reference[n]).pow(2).sum() for n, p in model.named_parameters() if p.requires_grad and n in reference]
+    return torch.stack(terms).sum() if terms else torch.zeros(())
+
+
+@torch.no_grad()
+def wise(theta0: dict[str, Tensor], theta: dict[str, Tensor], alpha: float) -> dict[str, Tensor]:
+    """WiSE-FT: (1 - alpha) theta0 + alpha theta for every floating tensor (exactly theta0 at 0, theta at 1).
+
+    Keys must match; non-float buffers are taken from theta."""
+    if set(theta0) != set(theta):
+        raise ValueError(f"WiSE-FT needs the same keys; differ: {sorted(set(theta0) ^ set(theta))[:5]}")
+    if alpha in (0.0, 1.0):
+        return {k: (theta0 if alpha == 0 else theta)[k].clone() for k in theta}
+    return {k: (1 - alpha) * theta0[k] + alpha * v if v.is_floating_point() else v.clone() for k, v in theta.items()}
+
+
+# ----------------------------------------------------------------------------- model
+class Finetuner(nn.Module):
+    """theta = a CLIP (both towers) and, for ft/lpft, a linear head (C, D) initialised to the zero-shot head.
+
+    Has ``encode_image``/``encode_text``, so clipcore.evaluate scores it as any CLIP; ``classify`` gives the
+    prediction logits of the mode (head for ft/lpft, cosine to the class prompts otherwise)."""
+
+    def __init__(self, clip: nn.Module, zs_head: Tensor | None = None, head_scale: float = 1.0):
+        super().__init__()
+        self.clip = clip
+        self.head = nn.Parameter(zs_head.clone()) if zs_head is not None else None
+        self.head_scale = head_scale
+
+    def encode_image(self, x: Tensor, normalize: bool = True) -> Tensor:
+        return self.clip.encode_image(x, normalize=normalize)
+
+    def encode_text(self, t: Tensor, normalize: bool = True) -> Tensor:
+        return self.clip.encode_text(t, normalize=normalize)
+
+    def classify(self, x: Tensor, prompts: Tensor | None = None) -> Tensor:
+        """(B, C) logits: head (ft/lpft) or scaled cosine to ``prompts`` (C, D)."""
+        f = self.encode_image(x)
+        if self.head is not None:
+            return self.head_scale * f @ self.head.T
+        return f @ prompts.T
+
+
+def set_trainable(model: Finetuner, mode: str) -> None:
+    """ft/lpft: image tower + head (text tower and logit scale frozen); flyp/arf: both towers and the scale."""
+    for p in model.clip.parameters():
+        p.requires_grad_(True)
+    if mode in ("ft", "lpft"):
+        for p in model.clip.text.parameters():
+            p.requires_grad_(False)
+        model.clip.logit_scale.requires_grad_(False)
+
+
+@torch.no_grad()
+def prompt_embeddings(model, tokenizer, classnames: Sequence[str], template: str, device) -> Tensor:
+    """(C, D) normalised class-prompt embeddings p_c."""
+    tokens = tokenizer([template.format(c) for c in classnames]).to(device)
+    return F.normalize(model.encode_text(tokens, normalize=True).float(), dim=-1)
+
+
+def fit_head(features: Tensor, labels: Tensor, head: Tensor, scale: float, steps: int, lr: float = 1e-2) -> Tensor:
+    """LP stage of LP-FT: cross-entropy on frozen normalised features, head started at the zero-shot head."""
+    w = head.clone().requires_grad_(True)
+    opt = torch.optim.Adam([w], lr=lr)
+    for _ in range(steps):
+        opt.zero_grad()
+        F.cross_entropy(scale * features @ w.T, labels).backward()
+        opt.step()
+    return w.detach()
+
+
+# ----------------------------------------------------------------------------- anchors
+def select_anchors(bank: MemoryBank, queries: Tensor, k: int, by: str = "text", *, random: bool = False,
+                   seed: int = 0) -> dict[str, Tensor]:
+    """Anchor set A (arf.md 3.2): top-k pool rows per class query, union, deduplicated (a row keeps the class
+    that scored it highest). queries (C, D): theta0's class-prompt embeddings (by="text") or normalised class
+    means of theta0's finetune-image features (by="image"). random: the same |A| rows drawn uniformly (ARF-5 ii).
+    Returns {"rows" (A,), "cls" (A,), "score" (A,)}."""
+    k = min(k, len(bank))
+    scores, idx = bank.search(queries, k, by=by)                       # (C, k)
+    cls = torch.arange(len(queries)).repeat_interleave(k)
+    scores, idx = scores.reshape(-1), idx.reshape(-1)
+    order = scores.argsort(descending=True)
+    seen: dict[int, int] = {}
+    for j in order.tolist():
+        seen.setdefault(int(idx[j]), j)
+    keep = torch.tensor(sorted(seen.values()), dtype=torch.long)
+    out = {"rows": idx[keep], "cls": cls[keep], "score": scores[keep]}
+    if random:
+        g = torch.Generator().manual_seed(seed)
+        rows = torch.randperm(len(bank), generator=g)[:len(keep)]
+        out = {"rows": rows, "cls": torch.full_like(rows, -1), "score": torch.full((len(rows),), float("nan"))}
+    return out
+
+
+def random_word_captions(captions: Sequence[str], seed: int = 0) -> list[str]:
+    """ARF-5 control (i): each caption replaced by as many words drawn uniformly from all captions' words."""
+    words = sorted({w for c in captions for w in c.split()})
+    rng = np.random.default_rng(seed)
+    return [" ".join(rng.choice(words, size=max(1, len(c.split())))) for c in captions]
+
+
+# ----------------------------------------------------------------------------- data
+class Pairs:
+    """Images (N, C, H, W) float in memory (or any ``batch_images(idx)``), with captions and labels: the
+    finetune set and the pool as ARF sees them. Wraps clipcore datasets and synthetic tensors alike."""
+
+    def __init__(self, images, captions: Sequence[Sequence[str]] | Sequence[str] | None = None,
+                 labels: Tensor | None = None, classnames: Sequence[str] | None = None):
+        self._images = images
+        self.captions = captions
+        self.labels = labels
+        self.classnames = list(classnames) if classnames is not None else None
+
+    def __len__(self) -> int:
+        return len(self._images) if isinstance(self._images, Tensor) else len(self._images.labels)
+
+    def batch_images(self, idx: Sequence[int]) -> Tensor:
+        if isinstance(self._images, Tensor):
+            return self._images[torch.as_tensor(list(idx), dtype=torch.long)]
+        return self._images.batch_images(list(idx))
+
+
+def read_captions(path: str | Path, image_paths: Sequence[Path]) -> list[list[str]]:
+    """A captioner's JSON lines ``{"image", "caption"}`` (image relative to the file's folder or absolute) ->
+    the captions of each finetune image, in dataset order. Several lines per image are allowed; a bad line or a
+    finetune image without a caption is an error naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"--arf-captions {str(path)!r}: file not found (JSON lines of {{\"image\", \"caption\"}})")
+    by_image: dict[Path, list[str]] = {}
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+            image, caption = rec["image"], str(rec["caption"]).strip()
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            raise ValueError(f"{path} line {n}: expected a JSON object with keys image and caption ({e!r})") from e
+        if not caption:
+            raise ValueError(f"{path} line {n}: empty caption for {image}")
+        by_image.setdefault((path.parent / image).resolve(), []).append(caption)
+    out = []
+    for p in image_paths:
+        caps = by_image.get(Path(p).resolve())
+        if not caps:
+            raise ValueError(f"{path}: no caption for finetune image {p}; every finetune image needs at least one line")
+        out.append(caps)
+    return out
+
+
+def read_pool(path: str | Path, **data_kw):
+    """The candidate pool: anything clipcore.data.load_dataset reads, or JSON lines ``{"image", "caption"}``."""
+    from clipcore.data import CLIP_MEAN, CLIP_STD, ImageTextDataset, load_dataset
+    path = Path(path)
+    if path.suffix.lower() != ".jsonl":
+        return load_dataset(path, "train", **data_kw)
+    if not path.is_file():
+        raise FileNotFoundError(f"--arf-pool {str(path)!r}: file not found")
+    paths, caps, rows = [], [], []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+            paths.append(path.parent / rec["image"]); caps.append(str(rec["caption"]).strip())
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            raise ValueError(f"{path} line {n}: expected a JSON object with keys image and caption ({e!r})") from e
+        if not caps[-1] or not paths[-1].is_file():
+            raise ValueError(f"{path} line {n}: {'empty caption' if not caps[-1] else f'image {paths[-1]} not found'}")
+        rows.append(f"{path} line {n}")
+    rgb = data_kw.get("in_channels", 3) == 3
+    return ImageTextDataset(paths=paths, captions=caps, labels=torch.full((len(paths),), -1), classnames=None,
+                            rows=rows, image_size=data_kw.get("image_size", 32), in_channels=data_kw.get("in_channels", 3),
+                            mean=CLIP_MEAN if rgb else (0.5,), std=CLIP_STD if rgb else (0.5,))
+
+
+# ----------------------------------------------------------------------------- the task
+@torch.no_grad()
+def _embed_images(model, data: Pairs, device, batch: int = 512) -> Tensor:
+    out = [model.encode_image(data.batch_images(range(i, min(i + batch, len(data)))).to(device), normalize=True).float()
+           for i in range(0, len(data), batch)]
+    return F.normalize(torch.cat(out), dim=-1)
+
+
+def _pick(seed: int, epoch: int, idx: Sequence[int], counts: Tensor) -> Tensor:
+    """Which of each image's captions this epoch uses: a hash of (seed, epoch, index), stable under resume."""
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    u = torch.rand(int(counts.numel()), generator=g)
+    i = torch.as_tensor(list(idx), dtype=torch.long)
+    return (u[i] * counts[i]).long()
+
+
+def arf_task(theta0: nn.Module, tokenizer, finetune: Pairs, mcfg: Config, *, batch_size: int, seed: int,
+             device: torch.device, pool: Pairs | None = None, evaluate=None, eval_splits: tuple = ()):
+    """The finetuning Task of ``mcfg.mode`` from theta0 (left untouched) on ``finetune`` (labelled images,
+    classnames, and for L_TCA its captions) and, for L_ITA, ``pool`` (images + captions)."""
+    from clipcore.data import EpochBatchSampler
+    from clipcore.methods import Task
+    if mcfg.mode not in MODES:
+        raise ValueError(f"--arf-mode {mcfg.mode!r}: choose one of {MODES}")
+    if finetune.classnames is None or finetune.labels is None or bool((finetune.labels < 0).any()):
+        raise ValueError("ARF finetunes a classifier: the finetune data needs labels and class names "
+                         "(a CSV with a label column, or an image folder with one subfolder per class)")
+    theta0 = theta0.to(device).eval()
+    for p in theta0.parameters():
+        p.requires_grad_(False)
+    arf = mcfg.mode == "arf"
+    use_tca, use_ita = arf and mcfg.lambda_tca > 0, arf and mcfg.lambda_ita > 0
+    if use_tca and not finetune.captions:
+        raise ValueError("L_TCA needs captions of the finetune images: pass --arf-captions FILE.jsonl "
+                         "(or --arf-lambda-tca 0)")
+    if use_ita and pool is None:
+        raise ValueError("L_ITA needs a candidate pool: pass --arf-pool FILE (or --arf-lambda-ita 0)")
+    classes = finetune.classnames
+    prompt_tokens = tokenizer([mcfg.template.format(c) for c in classes]).to(device)
+    prompts0 = prompt_embeddings(theta0, tokenizer, classes, mcfg.template, device)            # (C, D)
+    scale0 = float(theta0.logit_scale_value())
+    labels = finetune.labels.to(device)
+    head = None
+    if mcfg.mode in ("ft", "lpft"):
+        head = prompts0.clone()
+        if mcfg.mode == "lpft":
+            head = fit_head(_embed_images(theta0, finetune, device), labels, head, scale0, mcfg.lp_steps)
+    model = Finetuner(copy.deepcopy(theta0), head, scale0).to(device)
+    set_trainable(model, mcfg.mode)
+    reference = {n: p.detach().clone() for n, p in theta0.named_parameters()}
+
+    cap_tokens = cap_first = cap_count = None
+    if use_tca:
+        caps = [list(c) if not isinstance(c, str) else [c] for c in finetune.captions]
+        flat = [c for cs in caps for c in cs]
+        if mcfg.random_captions:
+            flat = random_word_captions(flat, seed)
+        cap_tokens = tokenizer(flat).to(device)
+        cap_count = torch.tensor([len(cs) for cs in caps])
+        cap_first = torch.cumsum(cap_count, 0) - cap_count
+    anchors = None
+    if use_ita:
+        pool_caps = [c if isinstance(c, str) else c[0] for c in pool.captions]
+        pool_tokens = tokenizer(pool_caps)
+        img, txt = encode_pairs(theta0, torch.cat([pool.batch_images(range(i, min(i + 512, len(pool))))
+                                                   for i in range(0, len(pool), 512)]), pool_tokens, device=device)
+        bank = MemoryBank(img, txt, meta={"encoder": "theta0", "source": "arf pool"})
+        if mcfg.retrieval == "image":
+            feats = _embed_images(theta0, finetune, device).cpu()
+            queries = F.normalize(torch.stack([feats[finetune.labels == c].mean(0) for c in range(len(classes))]), dim=-1)
+        elif mcfg.retrieval in ("text", "random"):
+            queries = prompts0.cpu()
+        else:
+            raise ValueError(f"--arf-retrieval {mcfg.retrieval!r}: choose text, image or random")
+        anchors = select_anchors(bank, queries, mcfg.k, "image" if mcfg.retrieval == "image" else "text",
+                                 random=mcfg.retrieval == "random", seed=seed)
+        anchors["tokens"] = pool_tokens[anchors["rows"]].to(device)
+        if mcfg.anchors_out:
+            with open(mcfg.anchors_out, "w") as f:
+                for r, c, s in zip(*(anchors[k].tolist() for k in ("rows", "cls", "score"))):
+                    f.write(json.dumps({"row": r, "class": classes[c] if c >= 0 else None, "score": s,
+                                        "caption": pool_caps[r]}) + "\n")
+    b_anchor = max(1, round(batch_size * mcfg.anchor_ratio))
+    steps = len(finetune) // batch_size
+
+    def loader(epoch: int, start: int):
+        sampler = EpochBatchSampler(len(finetune), batch_size, seed=seed, epoch=epoch, start_batch=start)
+        for k, idx in enumerate(sampler, start=start):
+            rows = None
+            if anchors is not None:
+                g = torch.Generator().manual_seed((seed * 1_000_003 + epoch) * 100_003 + k)
+                rows = torch.randint(len(anchors["rows"]), (b_anchor,), generator=g)   # with replacement
+            yield epoch, idx, rows
+
+    def step(batch):
+        epoch, idx, rows = batch
+        x, y = finetune.batch_images(idx).to(device), labels[torch.as_tensor(idx)]
+        img = model.encode_image(x)
+        info = {}
+        if head is not None:
+            loss = F.cross_entropy(model.head_scale * img @ model.head.T, y)
+        else:
+            scale = model.clip.logit_scale_value()
+            uniq, inv = y.unique(return_inverse=True)
+            loss = flyp_loss(img, model.encode_text(prompt_tokens[uniq]), inv, scale, mcfg.flyp_pos)
+            info["logit_scale"] = scale.item()
+            if use_tca:
+                pick = cap_first[torch.as_tensor(idx)] + _pick(seed, epoch, idx, cap_count)
+                tca = contrastive_loss(img, model.encode_text(cap_tokens[pick.to(device)]), scale)
+                loss, info["tca"] = loss + mcfg.lambda_tca * tca, tca.item()
+            if use_ita:
+                a_img = model.encode_image(pool.batch_images(anchors["rows"][rows].tolist()).to(device))
+                ita = contrastive_loss(a_img, model.encode_text(anchors["tokens"][rows.to(device)]), scale)
+                loss, info["ita"] = loss + mcfg.lambda_ita * ita, ita.item()
+        if mcfg.l2sp:
+            loss = loss + 0.5 * mcfg.l2sp * l2sp_penalty(model.clip, reference)
+        if mcfg.distill:
+            with torch.no_grad():
+                f0 = theta0.encode_image(x, normalize=True)
+            loss = loss + mcfg.distill * (img - f0).pow(2).sum(-1).mean()
+        return loss, info
+
+    n_anchor = 0 if anchors is None else len(anchors["rows"])
+    task = Task(model=model, steps_per_epoch=steps, loader=loader, step=step, evaluate=evaluate,
+                eval_splits=eval_splits,
+                describe=f"ARF mode {mcfg.mode}: {len(finetune)} finetune images, {len(classes)} classes"
+                         + (f", {len(cap_tokens)} captions" if use_tca else "")
+                         + (f", {n_anchor} anchors ({mcfg.retrieval} retrieval, k={mcfg.k}) from a pool of {len(pool)}" if use_ita else ""))
+    task.theta0, task.prompts0, task.anchors = theta0, prompts0, anchors   # for WiSE-FT and diagnostics
+    return task
+
+
+def wise_model(task, alpha: float) -> Finetuner:
+    """theta_alpha = (1 - alpha) theta0 + alpha theta of a finished task's model (the zero-shot head is theta0's head)."""
+    model = task.model
+    ref = Finetuner(task.theta0, task.prompts0.clone() if model.head is not None else None, model.head_scale)
+    out = copy.deepcopy(model)
+    out.load_state_dict(wise(ref.state_dict(), model.state_dict(), alpha))
+    return out.eval()
+
+
+@torch.no_grad()
+def accuracy(model, tokenizer, data: Pairs, classnames: Sequence[str], template: str, device,
+             use_head: bool = False, batch: int = 512) -> float:
+    """Top-1 of argmax_c <f(x), g(p_c)> over ``classnames`` (labels of ``data`` index them), or of the FT
+    head when ``use_head`` (only for the finetune classes)."""
+    was = model.training
+    model.eval()
+    prompts = None if use_head else prompt_embeddings(model, tokenizer, classnames, template, device)
+    correct = 0
+    for i in range(0, len(data), batch):
+        idx = range(i, min(i + batch, len(data)))
+        f = model.encode_image(data.batch_images(idx).to(device), normalize=True).float()
+        logits = f @ (model.head.T if use_head else prompts.T)
+        correct += int((logits.argmax(-1).cpu() == data.labels[i:i + len(idx)]).sum())
+    model.train(was)
+    return correct / max(1, len(data))
+
+
+def _relabel(ds, classnames: Sequence[str]) -> Tensor:
+    """Labels of an evaluation set as indices into the finetune classes (matched by name)."""
+    if ds.classnames is None or bool((ds.labels < 0).any()):
+        raise ValueError("ARF evaluation data needs labels (a CSV label column or class folders)")
+    index = {c: i for i, c in enumerate(classnames)}
+    unknown = sorted(set(ds.classnames) - set(index))
+    if unknown:
+        raise ValueError(f"evaluation classes {unknown[:5]} are not among the finetune classes")
+    return torch.tensor([index[ds.classnames[int(y)]] for y in ds.labels], dtype=torch.long)
+
+
+def build(cfg, mcfg: Config, device: torch.device):
+    """``python -m clipcore.train --method arf``: theta0 from --init, finetune set from --train-data (labelled
+    CSV or class folders; default: the embedded animal-mnist train split), --arf-captions, --arf-pool.
+    Evaluates ID accuracy on --val-data (or the default's val/test splits) with a WiSE-FT alpha sweep."""
+    from clipcore.checkpoint import load_model
+    from clipcore.data import load_dataset
+    if not cfg.init:
+        raise ValueError("--method arf finetunes a pretrained model: pass --init CHECKPOINT (theta0, e.g. a "
+                         "checkpoint written by python -m clipcore.train)")
+    theta0, tokenizer, ckpt = load_model(cfg.init, device)
+    vis = theta0.cfg.vision
+    kw = dict(image_size=vis.image_size, in_channels=vis.in_channels, seed=cfg.seed, skip_bad=cfg.skip_bad)
+    ds = load_dataset(cfg.train_data, "train", **kw)
+    captions = None
+    if mcfg.captions:
+        if ds.paths is None:
+            raise ValueError("--arf-captions needs a file-backed finetune set (--train-data CSV or folder) whose "
+                             "image paths the caption lines name")
+        captions = read_captions(mcfg.captions, ds.paths)
+    finetune = Pairs(ds, captions, ds.labels, ds.classnames)
+    pool = None
+    if mcfg.pool:
+        pds = read_pool(mcfg.pool, **kw)
+        pool = Pairs(pds, pds.captions if pds.captions is not None else pds.captions_at(list(range(len(pds)))))
+    splits = {}
+    if cfg.val_data or not cfg.train_data:
+        splits["val"] = load_dataset(cfg.val_data, "val", **kw)
+    if not cfg.train_data:
+        splits["test"] = load_dataset(None, "test", **kw)
+    holder = {}
+
+    def evaluate(split: str) -> dict:
+        ds_eval = splits.get(split) if split == "val" else splits.get("test", splits.get("val"))
+        data = Pairs(ds_eval, labels=_relabel(ds_eval, ds.classnames), classnames=ds.classnames)
+        head = mcfg.mode in ("ft", "lpft")
+        acc = lambda m: accuracy(m, tokenizer, data, ds.classnames, mcfg.template, device, use_head=head)  # noqa: E731
+        out = {"acc1": acc(holder["task"].model)}
+        if split == "test":
+            for a in (0.0, 0.25, 0.5, 0.75):
+                out[f"wise{a:g}/acc1"] = acc(wise_model(holder["task"], a))
+        return out
+
+    task = arf_task(theta0, tokenizer, finetune, mcfg, batch_size=cfg.batch_size, seed=cfg.seed, device=device,
+                    pool=pool, evaluate=evaluate if splits else None,
+                    eval_splits=tuple(splits) + (("test",) if splits and "test" not in splits else ()))
+    holder["task"] = task
+    task.meta = {"model_config": ckpt["model_config"], "tokenizer": ckpt.get("tokenizer"), "model_prefix": "clip.",
+                 "arf_anchors": None if task.anchors is None else {k: v.cpu() for k, v in task.anchors.items()}}
+    task.held_out = "test split" if "test" in splits else "val data"
+    return task
