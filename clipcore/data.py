@@ -16,6 +16,7 @@ Bad input raises DataError naming the file, the row and the fix; `skip_bad=True`
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import re
 import warnings
@@ -75,6 +76,22 @@ def _hash3(seed: int, epoch: int, index: np.ndarray) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------------------- dataset
+def preprocess(im: Image.Image, size: int, mean: Tensor, std: Tensor) -> Tensor:
+    """CLIP's eval transform: shorter side -> size (bicubic), centre crop, normalise -> (C, size, size) float.
+
+    C = len(mean): 1 converts to grey ("L"), 3 to RGB. mean, std: (C, 1, 1).
+    """
+    im = im.convert("RGB" if mean.shape[0] == 3 else "L")
+    w, h = im.size
+    r = size / min(w, h)
+    nw, nh = max(size, round(w * r)), max(size, round(h * r))
+    im = im.resize((nw, nh), Image.BICUBIC)
+    left, top = (nw - size) // 2, (nh - size) // 2
+    x = torch.from_numpy(np.asarray(im.crop((left, top, left + size, top + size)), dtype=np.float32) / 255.0)
+    x = x[None] if x.ndim == 2 else x.permute(2, 0, 1)
+    return (x - mean) / std
+
+
 class ImageTextDataset(torch.utils.data.Dataset):
     """Map-style dataset of (image (C, H, W) float, caption str, label int) items.
 
@@ -120,24 +137,14 @@ class ImageTextDataset(torch.utils.data.Dataset):
         return [self._table[c][k] for c, k in zip(labels, t)]
 
     def _load_file(self, i: int) -> Tensor:
-        """CLIP's eval transform: shorter side -> image_size (bicubic), centre crop, normalise. -> (C, S, S)."""
-        s = self.image_size
+        """CLIP's eval transform of file i (:func:`preprocess`) -> (C, S, S)."""
         try:
             with Image.open(self.paths[i]) as im:
-                im = im.convert("RGB" if self.in_channels == 3 else "L")
-                w, h = im.size
-                r = s / min(w, h)
-                nw, nh = max(s, round(w * r)), max(s, round(h * r))
-                im = im.resize((nw, nh), Image.BICUBIC)
-                left, top = (nw - s) // 2, (nh - s) // 2
-                a = np.asarray(im.crop((left, top, left + s, top + s)), dtype=np.float32)
+                return preprocess(im, self.image_size, self._mean, self._std)
         except Exception as e:  # PIL raises many types for bad files
             raise DataError(f"{self.rows[i]}: cannot read image {self.paths[i]} ({type(e).__name__}: {e}). "
                             "Replace or remove the file, or pass skip_bad=True to skip unreadable images "
                             "when the dataset is built.") from e
-        x = torch.from_numpy(a / 255.0)
-        x = x[None] if x.ndim == 2 else x.permute(2, 0, 1)
-        return (x - self._mean) / self._std
 
     def _resize_norm(self, u8: Tensor) -> Tensor:
         """uint8 (B, h, w) -> (B, 1, S, S) float: bilinear antialiased resize to image_size, then normalise."""
@@ -362,16 +369,22 @@ def load_dataset(source: str | Path | None, split: str = "train", *, image_size:
 
 
 # ---------------------------------------------------------------------------------------------- batching
+def caption_id(caption: str) -> int:
+    """A stable non-negative 62-bit id of a caption string (blake2b; Python's hash() differs between processes)."""
+    return int.from_bytes(hashlib.blake2b(caption.encode(), digest_size=8).digest(), "little") >> 2
+
+
 def collate(batch: list[tuple[Tensor, str, int]], tokenizer: Callable[[list[str]], Tensor]) -> tuple[Tensor, Tensor, Tensor]:
     """Items -> images (B, C, H, W), tokens (B, L) = tokenizer(captions), labels (B,) long.
 
     If any label is -1 (unlabelled data) the labels become caption identities: equal caption strings get equal
-    ids, so a multi-positive InfoNCE treats identical captions as positives rather than as negatives.
+    ids, so a multi-positive InfoNCE treats identical captions as positives rather than as negatives. The id is a
+    hash of the caption (not its position in the batch), so the slices of one global batch on different ranks
+    agree on it when they are gathered (clipcore.distributed).
     """
     images, captions, labels = zip(*batch)
     if any(lab < 0 for lab in labels):
-        ids: dict[str, int] = {}
-        labels = [ids.setdefault(c, len(ids)) for c in captions]
+        labels = [caption_id(c) for c in captions]
     return torch.stack(images), tokenizer(list(captions)), torch.tensor(labels, dtype=torch.long)
 
 
@@ -379,15 +392,21 @@ class EpochBatchSampler(torch.utils.data.Sampler[list[int]]):
     """Batches of one epoch: permutation from torch.Generator seeded by seed * 1_000_003 + epoch.
 
     Yields batches start_batch, start_batch + 1, ... so a resumed run skips batches without loading them;
-    len() is the number of remaining batches.
+    len() is the number of remaining batches. With world_size W > 1 (torchrun), batch_size is the global batch
+    and rank r gets rows [r B/W, (r+1) B/W) of each: the ranks' slices are disjoint, together they are the
+    1-process batch, and the order depends only on (seed, epoch), so resume is exact on any number of ranks.
     """
 
     def __init__(self, n: int, batch_size: int, *, seed: int, epoch: int = 0, start_batch: int = 0,
-                 shuffle: bool = True, drop_last: bool = True) -> None:
+                 shuffle: bool = True, drop_last: bool = True, rank: int = 0, world_size: int = 1) -> None:
         if batch_size < 1:
             raise DataError(f"batch_size={batch_size!r}: use a positive batch size.")
+        if batch_size % world_size or not 0 <= rank < world_size:
+            raise DataError(f"batch_size={batch_size} (the global batch) must be a multiple of the {world_size} "
+                            f"processes (rank {rank}); change --batch-size or --nproc_per_node.")
         self.n, self.batch_size, self.seed, self.epoch = n, batch_size, seed, epoch
         self.start_batch, self.shuffle, self.drop_last = start_batch, shuffle, drop_last
+        self.rank, self.world_size = rank, world_size
 
     def total_batches(self) -> int:
         """Batches in the whole epoch (ignoring start_batch)."""
@@ -403,17 +422,20 @@ class EpochBatchSampler(torch.utils.data.Sampler[list[int]]):
         else:
             order = list(range(self.n))
         b = self.batch_size
+        local = b // self.world_size
         for k in range(self.start_batch, self.total_batches()):
-            yield order[k * b:(k + 1) * b]
+            batch = order[k * b:(k + 1) * b]
+            yield batch if self.world_size == 1 else batch[self.rank * local:(self.rank + 1) * local]
 
 
 def make_loader(dataset: ImageTextDataset, tokenizer: Callable[[list[str]], Tensor], batch_size: int, *,
                 seed: int = 0, epoch: int = 0, start_batch: int = 0, shuffle: bool = True, drop_last: bool = True,
-                num_workers: int = 0) -> torch.utils.data.DataLoader:
-    """DataLoader for one epoch of (images, tokens, labels) batches, resumable at start_batch."""
+                num_workers: int = 0, rank: int = 0, world_size: int = 1) -> torch.utils.data.DataLoader:
+    """DataLoader for one epoch of (images, tokens, labels) batches, resumable at start_batch; under torchrun
+    pass rank and world_size (``clipcore.distributed.world_rank()``) to get this rank's slice of each batch."""
     if hasattr(dataset, "set_epoch"):
         dataset.set_epoch(epoch)
     sampler = EpochBatchSampler(len(dataset), batch_size, seed=seed, epoch=epoch, start_batch=start_batch,
-                                shuffle=shuffle, drop_last=drop_last)
+                                shuffle=shuffle, drop_last=drop_last, rank=rank, world_size=world_size)
     return torch.utils.data.DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers,
                                        collate_fn=partial(collate, tokenizer=tokenizer))

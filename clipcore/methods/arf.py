@@ -34,7 +34,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from clipcore.losses import contrastive_loss
-from clipcore.memory import MemoryBank, encode_pairs
 
 MODES = ("ft", "lpft", "flyp", "arf")
 
@@ -152,7 +151,7 @@ def fit_head(features: Tensor, labels: Tensor, head: Tensor, scale: float, steps
 
 
 # ----------------------------------------------------------------------------- anchors
-def select_anchors(bank: MemoryBank, queries: Tensor, k: int, by: str = "text", *, random: bool = False,
+def select_anchors(bank, queries: Tensor, k: int, by: str = "text", *, random: bool = False,
                    seed: int = 0) -> dict[str, Tensor]:
     """Anchor set A (arf.md 3.2): top-k pool rows per class query, union, deduplicated (a row keeps the class
     that scored it highest). queries (C, D): theta0's class-prompt embeddings (by="text") or normalised class
@@ -319,6 +318,7 @@ def arf_task(theta0: nn.Module, tokenizer, finetune: Pairs, mcfg: Config, *, bat
         cap_first = torch.cumsum(cap_count, 0) - cap_count
     anchors = None
     if use_ita:
+        from clipcore.memory import MemoryBank, encode_pairs
         pool_caps = [c if isinstance(c, str) else c[0] for c in pool.captions]
         pool_tokens = tokenizer(pool_caps)
         img, txt = encode_pairs(theta0, torch.cat([pool.batch_images(range(i, min(i + 512, len(pool))))
