@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import random
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -18,17 +19,29 @@ def save_atomic(obj: dict, path: str | os.PathLike) -> None:
     """torch.save ``obj`` to ``path`` via a temporary file and ``os.replace`` (atomic on POSIX)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(path.name + ".*.tmp"):  # left by a process killed while saving; never loaded
+        stale.unlink(missing_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)
             f.flush()
+            pause_for_test(f"save:{obj.get('step')}")
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def pause_for_test(point: str) -> None:
+    """Fault injection for tests/test_kill.py: when ``CLIPCORE_TEST_PAUSE`` equals ``point`` ("save:<step>" inside
+    the checkpoint write, "step:<step>" between a step's forward and its optimiser update), write the file named
+    by ``CLIPCORE_TEST_MARKER`` and sleep, so the test can SIGKILL the process at exactly that point."""
+    if os.environ.get("CLIPCORE_TEST_PAUSE") == point:
+        Path(os.environ["CLIPCORE_TEST_MARKER"]).write_text(point)
+        time.sleep(300)
 
 
 def load(path: str | os.PathLike) -> dict:
@@ -65,11 +78,16 @@ def tokenizer_for(model_cfg, tokenizer_state: dict | None = None):
 def load_model(path: str | os.PathLike, device: str = "cpu") -> tuple[CLIP, object, dict]:
     """Checkpoint -> (model in eval mode, tokenizer, the checkpoint dict)."""
     ckpt = load(path)
-    cfg = config_from_dict(ckpt["model_config"])
-    model = CLIP(cfg)
     state = ckpt["model"]
     prefix = ckpt.get("model_prefix")   # methods that wrap the CLIP (e.g. ARF's "clip.") say where it sits
     if prefix:
         state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    if "open_clip_model" in ckpt:       # trained with --model open_clip:NAME (clipcore.adapters)
+        from clipcore.adapters import OpenCLIP
+        model = OpenCLIP(ckpt["open_clip_model"])
+        model.load_state_dict(state)
+        return model.to(device).eval(), model.tokenizer, ckpt
+    cfg = config_from_dict(ckpt["model_config"])
+    model = CLIP(cfg)
     model.load_state_dict(state)
     return model.to(device).eval(), tokenizer_for(cfg, ckpt.get("tokenizer")), ckpt

@@ -20,6 +20,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 
 # ----------------------------------------------------------------------------- configs
@@ -116,7 +117,7 @@ class ViT(nn.Module):
         if cfg.pool not in ("cls", "mean"):
             raise ValueError(f"vision.pool must be 'cls' or 'mean', got {cfg.pool!r}")
         w, n = cfg.width, (cfg.image_size // cfg.patch_size) ** 2
-        self.pool = cfg.pool
+        self.pool, self.grad_checkpointing = cfg.pool, False
         self.patch = nn.Conv2d(cfg.in_channels, w, cfg.patch_size, cfg.patch_size, bias=False)
         self.cls = nn.Parameter(torch.randn(w) * w**-0.5)
         self.pos = nn.Parameter(torch.randn(n + 1, w) * w**-0.5)
@@ -132,7 +133,7 @@ class ViT(nn.Module):
         x = torch.cat([self.cls.expand(x.shape[0], 1, -1), x], 1) + self.pos
         x = self.ln_pre(x)
         for blk in self.blocks:
-            x = blk(x)
+            x = checkpoint(blk, x, use_reentrant=False) if self.grad_checkpointing and self.training else blk(x)
         return self.ln_post(x)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -187,7 +188,7 @@ class TextTransformer(nn.Module):
     def __init__(self, cfg: TextConfig, embed_dim: int):
         super().__init__()
         w = cfg.width
-        self.context_length = cfg.context_length
+        self.context_length, self.grad_checkpointing = cfg.context_length, False
         self.token = nn.Embedding(cfg.vocab_size, w)
         self.pos = nn.Parameter(torch.randn(cfg.context_length, w) * 0.01)
         self.blocks = nn.ModuleList(Block(w, cfg.heads, cfg.mlp_ratio) for _ in range(cfg.layers))
@@ -201,7 +202,8 @@ class TextTransformer(nn.Module):
             raise ValueError(f"text tokens must be (B, L<= {self.context_length}), got {tuple(tokens.shape)}")
         x = self.token(tokens) + self.pos[: tokens.shape[1]]
         for blk in self.blocks:
-            x = blk(x, causal=True)
+            x = (checkpoint(blk, x, causal=True, use_reentrant=False) if self.grad_checkpointing and self.training
+                 else blk(x, causal=True))
         x = self.ln_final(x)
         eot = (tokens != 0).sum(1).clamp(min=1) - 1
         return x[torch.arange(x.shape[0], device=x.device), eot] @ self.proj
@@ -247,6 +249,17 @@ class CLIP(nn.Module):
     def encode_text(self, text: Tensor, normalize: bool | None = None) -> Tensor:
         """(B, L) token ids (or (B, input_dim) vectors for vector towers) -> (B, embed_dim)."""
         return self._out(self.text(text), normalize)
+
+    def input_size(self) -> tuple[int, int]:
+        """(image_size, in_channels) the image tower expects: what the data pipeline resizes to."""
+        return self.cfg.vision.image_size, self.cfg.vision.in_channels
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each transformer block in the backward instead of keeping its activations (less memory,
+        about one more forward of compute); open_clip's method of the same name. Conv/vector towers ignore it."""
+        for tower in (self.visual, self.text):
+            if hasattr(tower, "grad_checkpointing"):
+                tower.grad_checkpointing = enable
 
     def logit_scale_value(self) -> Tensor:
         """exp(t) clamped at ``max_logit_scale``; the gradient is zero above the cap (as open_clip's clamp)."""

@@ -5,6 +5,8 @@
     python -m clipcore.train --train-data images/ --loss reg --reg-lambda 0.1
     python -m clipcore.train --resume latest                   # continue the run named by the same flags
     python -m clipcore.train --method reco --init logs/<run>/checkpoints/latest.pt   # a paper method (clipcore.methods)
+    torchrun --nproc_per_node 4 -m clipcore.train --model small --batch-size 1024     # DDP (clipcore.distributed)
+    python -m clipcore.train --train-data 'shards/{00000..00099}.tar' --dataset-type webdataset  # clipcore.shards
 
 Every default lives in :class:`TrainConfig` (a method's own options in its ``Config``); the CLI only
 overrides them. A method (``--method``, :mod:`clipcore.methods`) supplies model, data, batch format, loss and
@@ -26,10 +28,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import Tensor
 from tqdm import tqdm
 
 from clipcore import checkpoint as ckpt_io
-from clipcore.data import load_dataset, make_loader
+from clipcore import distributed
+from clipcore.data import DataError, load_dataset, make_loader
 from clipcore.evaluate import evaluate_model
 from clipcore.losses import LOSSES, make_loss
 from clipcore.methods import Task, available, get_method, method_config, trainable_parameters
@@ -39,7 +43,8 @@ from clipcore.models import CLIP, get_config
 @dataclass
 class TrainConfig:
     # data
-    train_data: str | None = None    # None: embedded animal-mnist (train split); a .csv/.tsv; an image folder
+    train_data: str | None = None    # None: embedded animal-mnist (train split); a .csv/.tsv; an image folder; shards
+    dataset_type: str = "auto"       # auto (.tar in the name: webdataset) | csv | folder | webdataset
     val_data: str | None = None      # None: the default's val split when training on it, else no validation
     skip_bad: bool = False           # skip unreadable rows / empty captions instead of stopping (reports the count)
     workers: int = 0                 # DataLoader worker processes (file-backed data benefits; in-memory needs none)
@@ -47,13 +52,18 @@ class TrainConfig:
     method: str = "clip"             # clip (pretraining) | a paper method of clipcore.methods (reco, grain, arf)
     options: dict = field(default_factory=dict)  # the method's options (its Config fields; CLI --<method>-<field>)
     init: str | None = None          # start from this checkpoint's model (a method's frozen base or starting point)
-    model: str = "tiny"
+    model: str = "tiny"              # a preset (clipcore.models.PRESETS) or open_clip:NAME (clipcore.adapters)
+    pretrained: str | None = None    # weights for --model from disk: open_clip .pt/.bin or clipcore .safetensors
     loss: str = "multipos"           # multipos = clip when no two pairs share a label/caption
     loss_impl: str = "fused"         # fused: tiled, never the B x B logits (clipcore.fused) | naive: materialised
     reg_lambda: float = 0.1          # reg loss: weight of the positive-pair penalty (theory.md section 6)
     reg_pairs: str = "pos"
+    local_loss: bool = True          # torchrun: local rows x all columns (open_clip --local-loss); off: full N x N per rank
+    gather_with_grad: bool = True    # torchrun: gather embeddings with gradient (exact); off: open_clip's default
     # optimisation: tuned for tiny on 2 CPU cores (README: accuracy and time of the default run)
-    batch_size: int = 256
+    batch_size: int = 256            # the global batch (all ranks together; open_clip's is per GPU)
+    accum_freq: int = 1              # split each batch into K chunks, exact full-batch gradient (GradCache)
+    grad_checkpointing: bool = False  # recompute transformer blocks in the backward (less memory)
     epochs: int = 8
     lr: float = 2e-3
     wd: float = 0.1                  # AdamW decay on matrices only: not on biases, norms, logit scale
@@ -113,43 +123,83 @@ def run_dir(cfg: TrainConfig) -> Path:
 
 
 # ----------------------------------------------------------------------------- the CLIP task
-def clip_task(cfg: TrainConfig, device: torch.device) -> Task:
-    """Plain CLIP training (``--method clip``): image-caption batches and the contrastive loss of ``--loss``."""
+def build_model(cfg: TrainConfig, device: torch.device) -> tuple[torch.nn.Module, object, dict]:
+    """(model, tokenizer, checkpoint meta) from --init, or --model (a preset or open_clip:NAME) + --pretrained."""
     if cfg.init:
-        model, tokenizer, _ = ckpt_io.load_model(cfg.init, device)
-        model_cfg = model.cfg
+        model, tokenizer, ckpt = ckpt_io.load_model(cfg.init, device)
+        meta = {k: ckpt[k] for k in ("model_config", "open_clip_model") if k in ckpt}
+    elif cfg.model.startswith("open_clip:"):
+        from clipcore.adapters import OpenCLIP
+        model = OpenCLIP(cfg.model.split(":", 1)[1]).to(device)
+        tokenizer, meta = model.tokenizer, {"open_clip_model": model.name}
     else:
         model_cfg = get_config(cfg.model)
         model, tokenizer = CLIP(model_cfg).to(device), ckpt_io.tokenizer_for(model_cfg)
-    vis = model_cfg.vision
-    data_kw = dict(image_size=vis.image_size, in_channels=vis.in_channels, seed=cfg.seed, skip_bad=cfg.skip_bad)
-    train_ds = load_dataset(cfg.train_data, "train", **data_kw)
+        meta = {"model_config": dataclasses.asdict(model_cfg)}
+    if cfg.pretrained:
+        from clipcore.adapters import load_pretrained
+        load_pretrained(model, cfg.pretrained)
+    if cfg.grad_checkpointing:
+        model.set_grad_checkpointing(True)
+    meta["tokenizer"] = tokenizer.state_dict() if hasattr(tokenizer, "state_dict") else None
+    return model, tokenizer, meta
+
+
+def dataset_type(cfg: TrainConfig) -> str:
+    if cfg.dataset_type != "auto":
+        return cfg.dataset_type
+    return "webdataset" if cfg.train_data and ".tar" in cfg.train_data else "files"
+
+
+def clip_task(cfg: TrainConfig, device: torch.device) -> Task:
+    """Plain CLIP training (``--method clip``): image-caption batches and the contrastive loss of ``--loss``."""
+    model, tokenizer, meta = build_model(cfg, device)
+    image_size, in_channels = model.input_size()
+    world, rank = distributed.world_rank()
+    data_kw = dict(image_size=image_size, in_channels=in_channels, seed=cfg.seed, skip_bad=cfg.skip_bad)
+    if dataset_type(cfg) == "webdataset":
+        from clipcore.shards import ShardSource
+        train_src = ShardSource(cfg.train_data, image_size=image_size, in_channels=in_channels, seed=cfg.seed)
+        steps = train_src.steps_per_epoch(cfg.batch_size, world, cfg.workers)
+        describe = f"{train_src.num_samples} train pairs in {len(train_src.shards)} webdataset shards"
+        loader = lambda epoch, start: train_src.loader(tokenizer, cfg.batch_size, epoch=epoch, start_batch=start,
+                                                       rank=rank, world_size=world, num_workers=cfg.workers)
+    else:
+        if cfg.dataset_type not in ("auto", "csv", "folder"):
+            raise DataError(f"--dataset-type {cfg.dataset_type!r}: use auto, csv, folder or webdataset")
+        train_ds = load_dataset(cfg.train_data, "train", **data_kw)
+        steps, describe = len(train_ds) // cfg.batch_size, f"{len(train_ds)} train pairs"
+        loader = lambda epoch, start: make_loader(train_ds, tokenizer, cfg.batch_size, seed=cfg.seed, epoch=epoch,
+                                                  start_batch=start, num_workers=cfg.workers, rank=rank, world_size=world)
     splits = {}
     if cfg.val_data or not cfg.train_data:
         splits["val"] = load_dataset(cfg.val_data, "val", **data_kw)
     if not cfg.train_data:
         splits["test"] = load_dataset(None, "test", **data_kw)
-    loss_fn = make_loss(cfg.loss, reg_lambda=cfg.reg_lambda, reg_pairs=cfg.reg_pairs, impl=cfg.loss_impl)
+    full = make_loss(cfg.loss, reg_lambda=cfg.reg_lambda, reg_pairs=cfg.reg_pairs, impl=cfg.loss_impl)
+    loss_fn = distributed.gathered_loss(full, cfg.loss, impl=cfg.loss_impl, local_loss=cfg.local_loss,
+                                        gather_with_grad=cfg.gather_with_grad, reg_lambda=cfg.reg_lambda,
+                                        reg_pairs=cfg.reg_pairs)
     fwd = torch.compile(model) if cfg.compile else model
 
-    def step(batch):
+    def embed(batch):
         images, tokens, labels = (t.to(device) for t in batch)
         img, txt, scale = fwd(images, tokens)
-        return loss_fn(img.float(), txt.float(), scale, labels=labels), {"logit_scale": scale.item()}
+        return img.float(), txt.float(), scale, labels
+
+    def loss_from_embeddings(img, txt, scale, labels):
+        return loss_fn(img, txt, scale, labels=labels), {"logit_scale": scale.item()}
 
     def evaluate(split: str) -> dict:
         ds = splits.get(split) if split == "val" else splits.get("test", splits.get("val"))
         return evaluate_model(model, tokenizer, ds, device=device, retrieval=split == "test")
 
     return Task(
-        model=model, steps_per_epoch=len(train_ds) // cfg.batch_size,
-        loader=lambda epoch, start: make_loader(train_ds, tokenizer, cfg.batch_size, seed=cfg.seed, epoch=epoch,
-                                                start_batch=start, num_workers=cfg.workers),
-        step=step, evaluate=evaluate if splits else None,
+        model=model, steps_per_epoch=steps, loader=loader,
+        step=lambda batch: loss_from_embeddings(*embed(batch)), embed=embed, loss_from_embeddings=loss_from_embeddings,
+        evaluate=evaluate if splits else None,
         eval_splits=tuple(splits) + (("test",) if "test" not in splits and splits else ()),
-        meta={"model_config": dataclasses.asdict(model_cfg),
-              "tokenizer": tokenizer.state_dict() if hasattr(tokenizer, "state_dict") else None},
-        describe=f"{len(train_ds)} train pairs",
+        meta=meta, describe=describe,
         held_out=f"test split, {len(splits['test'])} images" if "test" in splits else "val data",
     )
 
@@ -164,63 +214,91 @@ def build_task(cfg: TrainConfig, device: torch.device) -> Task:
 
 
 # ----------------------------------------------------------------------------- loop
-def train(cfg: TrainConfig) -> dict:
-    """Run training; return the final held-out metrics (and ``run_dir``, ``losses``)."""
-    device = resolve_device(cfg.device)
+def train(cfg: TrainConfig, task: Task | None = None) -> dict:
+    """Run training; return the final held-out metrics (and ``run_dir``, ``losses``). Under torchrun every rank
+    runs this; rank 0 alone logs, evaluates and writes checkpoints (clipcore.distributed)."""
+    dd = distributed.init(cfg.device)
+    device, main = dd.device, dd.main
     random.seed(cfg.seed); np.random.seed(cfg.seed); torch.manual_seed(cfg.seed)
-    task = build_task(cfg, device)
+    task = task or build_task(cfg, device)   # a Task built in code (experiments, notebooks) skips the factory
     model, steps_per_epoch = task.model, task.steps_per_epoch
     if steps_per_epoch == 0:
         raise ValueError(f"--batch-size {cfg.batch_size} exceeds the training set ({task.describe}); lower it")
+    if cfg.accum_freq > 1:
+        if task.embed is None or task.loss_from_embeddings is None:
+            raise ValueError(f"--accum-freq {cfg.accum_freq}: --method {cfg.method} does not provide embed and "
+                             "loss_from_embeddings (clipcore.methods.Task), which exact accumulation needs; use --accum-freq 1")
+        if any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+            raise ValueError(f"--accum-freq {cfg.accum_freq}: the model has batch norm, whose statistics depend on the "
+                             "chunk, so accumulation would not equal the full batch; use a model without it "
+                             "(e.g. --model tiny-vit) or --accum-freq 1")
+    runner = distributed.wrap(model, dd)
     total = steps_per_epoch * cfg.epochs
     # fused=True: one kernel over all parameters (3x faster than the per-tensor default on CPU, measured)
     opt = torch.optim.AdamW(param_groups(model, cfg.wd), lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6, fused=True)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(cfg.warmup, total))
     amp_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.precision]
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
+    autocast = lambda: torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None)
 
-    out = run_dir(cfg)
+    out = Path(distributed.broadcast(str(run_dir(cfg))))  # chosen once: rank 0 may create it before others look
     ckpt_path = out / "checkpoints" / "latest.pt"
     step = epoch = start_batch = 0
-    if cfg.resume:
+    if cfg.resume:  # every rank reads the checkpoint (shared filesystem), so optimiser states agree
         state = ckpt_io.load(ckpt_path if cfg.resume == "latest" else cfg.resume)
         model.load_state_dict(state["model"]); opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"]); scaler.load_state_dict(state["scaler"])
         ckpt_io.set_rng_state(state["rng"])
         step, epoch, start_batch = state["step"], state["epoch"], state["batch"]
-        print(f"resumed from {cfg.resume} at step {step} (epoch {epoch}, batch {start_batch})")
-    out.mkdir(parents=True, exist_ok=True)
-    log = Metrics(out)
+        if main:
+            print(f"resumed from {cfg.resume} at step {step} (epoch {epoch}, batch {start_batch})")
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+    log = Metrics(out) if main else None
 
     def save(epoch: int, batch: int) -> None:
-        ckpt_io.save_atomic({
-            "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-            "scaler": scaler.state_dict(), "rng": ckpt_io.rng_state(), "step": step, "epoch": epoch, "batch": batch,
-            "method": cfg.method, "train_config": dataclasses.asdict(cfg), **task.meta,
-        }, ckpt_path)
+        if main:
+            ckpt_io.save_atomic({
+                "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                "scaler": scaler.state_dict(), "rng": ckpt_io.rng_state(), "step": step, "epoch": epoch, "batch": batch,
+                "world_size": dd.world, "method": cfg.method, "train_config": dataclasses.asdict(cfg), **task.meta,
+            }, ckpt_path)
 
-    print(f"run {out} [{cfg.method}]: {task.describe}; {trainable_parameters(model):,} trainable parameters, "
-          f"{steps_per_epoch} steps/epoch x {cfg.epochs} epochs, device {device}")
+    def backward(loss: Tensor) -> None:
+        """NaN/inf guard (on the mean over ranks, so all ranks stop together), then the scaled backward."""
+        value = distributed.mean_across(loss)
+        if not torch.isfinite(value):
+            raise NonFiniteLoss(f"loss is {value.item()} at step {step + 1} (epoch {epoch}, batch {i}); "
+                                f"the last good checkpoint is {ckpt_path if ckpt_path.exists() else 'none (none saved yet)'}. "
+                                "Lower --lr, raise --warmup or use --precision fp32.")
+        ckpt_io.pause_for_test(f"step:{step + 1}")
+        scaler.scale(loss).backward()
+
+    if main:
+        print(f"run {out} [{cfg.method}]: {task.describe}; {trainable_parameters(model):,} trainable parameters, "
+              f"{steps_per_epoch} steps/epoch x {cfg.epochs} epochs, device {device}"
+              + (f", {dd.world} processes" if dd.world > 1 else ""))
     t0, losses, stop = time.time(), [], False
     while epoch < cfg.epochs and not stop:
         model.train()
-        bar = tqdm(task.loader(epoch, start_batch), desc=f"epoch {epoch}", leave=False, file=sys.stderr, disable=None)
+        bar = tqdm(task.loader(epoch, start_batch), desc=f"epoch {epoch}", leave=False, file=sys.stderr,
+                   disable=None if main else True)
         for i, batch in enumerate(bar, start=start_batch):
-            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                loss, info = task.step(batch)
-            if not torch.isfinite(loss):
-                raise NonFiniteLoss(f"loss is {loss.item()} at step {step + 1} (epoch {epoch}, batch {i}); "
-                                    f"the last good checkpoint is {ckpt_path if ckpt_path.exists() else 'none (none saved yet)'}. "
-                                    "Lower --lr, raise --warmup or use --precision fp32.")
             opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
+            if cfg.accum_freq > 1:
+                loss, info = distributed.grad_cache_step(runner, task.embed, task.loss_from_embeddings, batch,
+                                                         cfg.accum_freq, autocast, backward)
+            else:
+                with autocast():
+                    loss, info = runner(task.step, batch)
+                backward(loss)
             if cfg.grad_clip:
                 scaler.unscale_(opt)
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             scaler.step(opt); scaler.update(); sched.step()
             step += 1
-            losses.append(loss.item())
-            if step % cfg.log_every == 0:
+            losses.append(distributed.mean_across(loss).item())  # the global batch's loss on every rank
+            if main and step % cfg.log_every == 0:
                 log.write({"step": step, "epoch": epoch, "loss": losses[-1], "lr": sched.get_last_lr()[0],
                            **info, "time": time.time() - t0})
                 bar.set_postfix(loss=f"{losses[-1]:.3f}", **{k: f"{v:.3g}" for k, v in info.items()})
@@ -235,19 +313,21 @@ def train(cfg: TrainConfig) -> dict:
         if i + 1 == steps_per_epoch:
             epoch, start_batch = epoch + 1, 0
             save(epoch, 0)
-            if "val" in task.eval_splits:
+            if main and "val" in task.eval_splits:
                 m = task.evaluate("val")
                 log.write({"step": step, "epoch": epoch, "time": time.time() - t0, **{f"val/{k}": v for k, v in m.items()}})
                 print(f"epoch {epoch}: loss {losses[-1]:.3f}  val " + "  ".join(f"{k} {v:.3f}" for k, v in m.items()))
 
     result = {"run_dir": str(out), "steps": step, "seconds": time.time() - t0, "losses": losses}
-    if "test" in task.eval_splits and not stop:
+    if main and "test" in task.eval_splits and not stop:
         m = task.evaluate("test")
         log.write({"step": step, "time": time.time() - t0, **{f"test/{k}": v for k, v in m.items()}})
         result.update(m)
         print(f"held-out ({task.held_out}): zero-shot top-1 {m.get('acc1', float('nan')):.4f}"
               + (f", top-5 {m['acc5']:.4f}" if "acc5" in m else "") + f"  [{result['seconds']:.0f} s]")
-    log.close()
+    if main:
+        log.close()
+    distributed.barrier()  # no rank leaves (and tears down the process group) while rank 0 still evaluates
     return result
 
 
@@ -308,6 +388,8 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     g = p.add_argument_group("data")
     g.add_argument("--train-data", default=d.train_data, help="CSV/TSV (filepath, caption[, label]) or image folder; default: embedded animal-mnist")
+    g.add_argument("--dataset-type", default=d.dataset_type, choices=("auto", "csv", "folder", "webdataset"),
+                   help="auto: webdataset when --train-data names .tar shards ('shards/{00000..00099}.tar')")
     g.add_argument("--val-data", default=d.val_data)
     g.add_argument("--skip-bad", action="store_true", help="skip bad rows (missing/unreadable image, empty caption) and report how many")
     g.add_argument("--workers", type=int, default=d.workers)
@@ -315,20 +397,28 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     methods = available()
     g.add_argument("--method", default=d.method, choices=("clip", *methods))
     g.add_argument("--init", default=d.init, help="checkpoint whose model to start from (a method's frozen base)")
-    g.add_argument("--model", default=d.model, help="preset name (clipcore.models.PRESETS)")
+    g.add_argument("--model", default=d.model, help="preset name (clipcore.models.PRESETS) or open_clip:NAME (e.g. open_clip:ViT-B-32)")
+    g.add_argument("--pretrained", default=d.pretrained, help="weights for --model: open_clip .pt/.bin or clipcore .safetensors")
     g.add_argument("--loss", default=d.loss, choices=LOSSES)
     g.add_argument("--loss-impl", default=d.loss_impl, choices=("naive", "fused"))
     g.add_argument("--reg-lambda", type=float, default=d.reg_lambda)
     g.add_argument("--reg-pairs", default=d.reg_pairs, choices=("pos", "neg", "both"))
+    g.add_argument("--local-loss", default=d.local_loss, action=argparse.BooleanOptionalAction,
+                   help="torchrun: each rank's rows against all gathered columns (off: the full N x N loss on every rank)")
+    g.add_argument("--gather-with-grad", default=d.gather_with_grad, action=argparse.BooleanOptionalAction,
+                   help="torchrun: all-gather embeddings with gradient (off: open_clip's default, not the full-batch gradient)")
     g = p.add_argument_group("optimisation")
     for flag, typ in (("batch_size", int), ("epochs", int), ("lr", float), ("wd", float), ("warmup", int),
                       ("grad_clip", float), ("seed", int)):
         g.add_argument("--" + flag.replace("_", "-"), type=typ, default=getattr(d, flag))
     g.add_argument("--precision", default=d.precision, choices=("fp32", "bf16", "fp16"))
+    g.add_argument("--accum-freq", type=int, default=d.accum_freq, help="K chunks per batch, exact full-batch gradient (GradCache)")
+    g.add_argument("--grad-checkpointing", action="store_true", help="recompute transformer blocks in the backward")
     g.add_argument("--compile", action="store_true")
     g.add_argument("--device", default=d.device)
     g = p.add_argument_group("run")
-    g.add_argument("--logs", default=d.logs)
+    g.add_argument("--logs", "--logs-dir", dest="logs", default=d.logs,
+                   help="folder of run folders (under torchrun spell it --logs-dir: torchrun's parser claims --logs)")
     g.add_argument("--name", default=d.name)
     g.add_argument("--resume", default=d.resume, help="'latest' (this run's checkpoints/latest.pt) or a checkpoint path")
     for flag in ("save_every", "max_steps", "log_every"):

@@ -42,6 +42,19 @@ class Task:
     eval_splits     which of "val"/"test" exist (val after each epoch, test at the end)
     meta            extra checkpoint entries, e.g. {"model_config": ..., "tokenizer": ...} so the result loads
                     with :func:`clipcore.checkpoint.load_model` when the model is a CLIP
+
+    Optional, for exact gradient accumulation (``--accum-freq K``, GradCache) and the global-batch loss under
+    torchrun (``step`` is then ``loss_from_embeddings(*embed(batch))``):
+    embed           batch -> (image (B, D), text (B, D), logit_scale, labels (B,) or None): the forward pass only;
+                    a batch is a tuple of tensors with a leading batch dimension (split into K chunks)
+    loss_from_embeddings  (image, text, logit_scale, labels) -> (loss, info) of the whole batch, holding no
+                    trainable parameters of its own; under torchrun it gathers the other ranks' rows
+                    (:func:`clipcore.distributed.gathered_loss`) so that it is the global batch's loss
+
+    Under torchrun the loop runs ``step`` inside DistributedDataParallel's forward (gradients are averaged over
+    ranks); ``loader`` should then yield this rank's slice of each global batch (``make_loader(..., rank=,
+    world_size=)`` with ``clipcore.distributed.world_rank()``); a loader that ignores the ranks gives every rank
+    the whole batch (exact, but no faster).
     """
     model: torch.nn.Module
     steps_per_epoch: int
@@ -52,6 +65,8 @@ class Task:
     meta: dict = field(default_factory=dict)
     describe: str = ""        # printed at the start: data sizes, the method's settings
     held_out: str = "test split"  # what "test" evaluates, for the final line
+    embed: Callable[[Any], tuple[Tensor, Tensor, Tensor, Tensor | None]] | None = None
+    loss_from_embeddings: Callable[[Tensor, Tensor, Tensor, Tensor | None], tuple[Tensor, dict[str, float]]] | None = None
 
 
 def get_method(name: str):

@@ -1,0 +1,253 @@
+"""webdataset shards: a streamed training source beside CSV and folders, and the tool that writes them.
+
+    python -m clipcore.shards write --from train.csv --out shards/ --per-shard 1000     # or --from photos/
+    python -m clipcore.train --train-data 'shards/{00000..00099}.tar' --dataset-type webdataset
+
+A shard is a tar of samples ``<key>.{jpg,png,webp}`` + ``<key>.txt`` (caption), optionally ``<key>.cls``
+(integer label) and ``<key>.json``, read with the webdataset library as open_clip does. ``sizes.json`` beside
+the shards ({shard file name: samples}, open_clip's convention) gives the epoch length without reading the data;
+the writer creates it and ``python -m clipcore.shards count 'shards/{00000..00099}.tar'`` rebuilds it.
+
+Order and resume. The shards are dealt to (rank, worker) slots once: shard s goes to slot s mod (W * workers).
+Each epoch a slot reads its shards in an order drawn from (seed, epoch, slot) and mixes samples in a shuffle
+buffer seeded the same way, then cuts batches of B / W. Every slot yields the same number of batches (the
+smallest slot's, so a few samples of an epoch can be left out, as drop_last), and the DataLoader takes one batch
+from each worker in turn, so batch k of an epoch is a fixed set of samples. Resuming at batch k re-reads each
+slot's stream from the start of the epoch and drops the samples of the batches already taken, before decoding
+them (reading, not decoding, the part of the epoch already done): resume repeats and skips nothing, provided
+(1) the number of processes and --workers are those of the run that wrote the checkpoint (another layout deals
+the shards differently) and (2) no bad sample lies before the resume point in that epoch: the drop counts
+samples as stored, so each bad one there shifts the resumed stream by one sample (granularity: one sample per
+bad sample; clean shards resume exactly).
+
+A sample whose image does not decode, or that has no image or no caption, is counted, skipped and reported
+with the shard's name in a warning; a shard that cannot be read at all is reported the same way.
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import random
+import sys
+import warnings
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from clipcore.data import CLIP_MEAN, CLIP_STD, DataError, collate, load_dataset, preprocess
+
+IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
+SHUFFLE_BUFFER = 1000  # samples mixed across a slot's shards (open_clip: 1000 per worker after shard shuffle)
+
+
+def expand(urls: str) -> list[str]:
+    """'shards/{00000..00009}.tar' (brace ranges; several patterns joined by '::') -> the list of shard paths."""
+    import braceexpand
+    return [u for part in urls.split("::") for u in braceexpand.braceexpand(part)]
+
+
+class ShardSource:
+    """Training batches from webdataset shards (see the module docstring for order, resume and bad samples).
+
+    urls: a brace pattern, or several joined by '::'. Images come out as (in_channels, image_size, image_size)
+    with the normalisation of the CSV/folder sources (CLIP's statistics for RGB, 0.5/0.5 for grey).
+    """
+
+    def __init__(self, urls: str, *, image_size: int, in_channels: int = 3, seed: int = 0,
+                 shuffle_buffer: int = SHUFFLE_BUFFER) -> None:
+        self.shards = expand(urls)
+        self.image_size, self.seed, self.shuffle_buffer = image_size, seed, shuffle_buffer
+        rgb = in_channels == 3
+        self.mean = torch.tensor(CLIP_MEAN if rgb else (0.5,)).view(-1, 1, 1)
+        self.std = torch.tensor(CLIP_STD if rgb else (0.5,)).view(-1, 1, 1)
+        self.sizes = self._sizes()
+        self.num_samples = sum(self.sizes)
+        self.skipped = 0   # bad samples met in this process (workers report theirs in warnings)
+
+    def _sizes(self) -> list[int]:
+        missing = [s for s in self.shards if not Path(s).is_file()]
+        if missing:
+            raise DataError(f"{len(missing)} of {len(self.shards)} shards not found (first: {missing[0]}); check "
+                            "the --train-data pattern, e.g. 'shards/{00000..00099}.tar'")
+        found: dict[str, int] = {}
+        for folder in {Path(s).parent for s in self.shards}:
+            if (folder / "sizes.json").is_file():
+                found.update({str(folder / k): v for k, v in json.loads((folder / "sizes.json").read_text()).items()})
+        unknown = [s for s in self.shards if str(Path(s)) not in found]
+        if unknown:
+            raise DataError(f"{unknown[0]}: not listed in a sizes.json beside it, so the epoch length is unknown; "
+                            f"write it with: python -m clipcore.shards count '{self.shards[0]}' ...")
+        return [found[str(Path(s))] for s in self.shards]
+
+    def _slots(self, world_size: int, num_workers: int) -> list[list[int]]:
+        n = world_size * max(1, num_workers)
+        if len(self.shards) < n:
+            raise DataError(f"{len(self.shards)} shards cannot feed {world_size} processes x {max(1, num_workers)} "
+                            "workers (each reads its own shards); write more, smaller shards (--per-shard) or lower --workers")
+        return [list(range(k, len(self.shards), n)) for k in range(n)]
+
+    def steps_per_epoch(self, batch_size: int, world_size: int = 1, num_workers: int = 0) -> int:
+        """Global batches per epoch: every slot yields as many local batches as the smallest one can."""
+        if batch_size % world_size:
+            raise DataError(f"--batch-size {batch_size} (the global batch) must be a multiple of the {world_size} processes")
+        local, w = batch_size // world_size, max(1, num_workers)
+        per_slot = min(sum(self.sizes[s] for s in slot) // local for slot in self._slots(world_size, num_workers))
+        return per_slot * w
+
+    def loader(self, tokenizer, batch_size: int, *, epoch: int = 0, start_batch: int = 0, rank: int = 0,
+               world_size: int = 1, num_workers: int = 0) -> torch.utils.data.DataLoader:
+        """(images, tokens, labels) batches of this rank for one epoch, from global batch ``start_batch`` on."""
+        steps = self.steps_per_epoch(batch_size, world_size, num_workers)
+        stream = _Stream(self, tokenizer, batch_size // world_size, epoch, start_batch, rank, world_size,
+                         num_workers, steps // max(1, num_workers))
+        return torch.utils.data.DataLoader(stream, batch_size=None, num_workers=num_workers)
+
+    def samples(self, shard_ids: list[int], rng: random.Random, skip: int):
+        """Decoded (image, caption, label) of the given shards in order, through the shuffle buffer; the first
+        ``skip`` samples are dropped before decoding (resume)."""
+        import webdataset as wds
+
+        urls = [self.shards[i] for i in shard_ids]
+        raw = wds.tarfile_to_samples(handler=self._bad_shard)({"url": u} for u in urls)
+        for n, sample in enumerate(wds.shuffle(self.shuffle_buffer, self.shuffle_buffer, rng=rng)(raw)):
+            if n < skip:
+                continue
+            item = self._decode(sample)
+            if item is not None:
+                yield item
+
+    def _decode(self, s: dict):
+        where = f"{s.get('__url__')} sample {s.get('__key__')}"
+        image = next((s[k] for k in IMAGE_KEYS if k in s), None)
+        try:
+            if image is None or "txt" not in s:
+                raise ValueError(f"no {'image' if image is None else 'txt caption'}")
+            with Image.open(io.BytesIO(image)) as im:
+                x = preprocess(im, self.image_size, self.mean, self.std)
+            caption = s["txt"].decode("utf-8").strip()
+            if not caption:
+                raise ValueError("empty caption")
+            label = int(s["cls"].decode()) if "cls" in s else -1
+        except Exception as e:
+            self.skipped += 1
+            warnings.warn(f"{where}: skipped ({type(e).__name__}: {e}); {self.skipped} bad samples so far in this "
+                          "process. Rewrite or remove the sample.", stacklevel=2)
+            return None
+        return x, caption, label
+
+    def _bad_shard(self, exn: Exception) -> bool:
+        self.skipped += 1
+        warnings.warn(f"unreadable shard data, skipped ({type(exn).__name__}: {exn}); {self.skipped} bad so far "
+                      "in this process. Rewrite the shard.", stacklevel=2)
+        return True  # continue with the next sample or shard
+
+
+class _Stream(torch.utils.data.IterableDataset):
+    """One rank's batches of one epoch; in each DataLoader worker, that worker's slot (module docstring)."""
+
+    def __init__(self, src: ShardSource, tokenizer, local_batch: int, epoch: int, start_batch: int, rank: int,
+                 world_size: int, num_workers: int, batches_per_slot: int) -> None:
+        self.src, self.tokenizer, self.local, self.epoch, self.start = src, tokenizer, local_batch, epoch, start_batch
+        self.rank, self.world, self.workers, self.per_slot = rank, world_size, max(1, num_workers), batches_per_slot
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        w = info.id if info is not None else 0
+        slot = self.rank * self.workers + w
+        shard_ids = self.src._slots(self.world, self.workers)[slot]
+        rng = random.Random(f"{self.src.seed}/{self.epoch}/{slot}")
+        rng.shuffle(shard_ids)
+        # the DataLoader takes batches from workers 0, 1, ..., W-1, 0, ...: batch k is worker k mod W's (k // W)-th
+        done = self.start // self.workers + (w < self.start % self.workers)
+        batch = []
+        for item in self.src.samples(shard_ids, rng, skip=done * self.local):
+            batch.append(item)
+            if len(batch) == self.local:
+                yield collate(batch, self.tokenizer)
+                batch, done = [], done + 1
+                if done == self.per_slot:
+                    return
+
+
+# ----------------------------------------------------------------------------- writing
+def write_shards(source: str, out: str | Path, per_shard: int = 1000, *, image_format: str = "png") -> list[Path]:
+    """Write the pairs of a CSV/TSV file or image folder (clipcore.data sources) as shards ``out/NNNNN.tar``
+    plus ``out/sizes.json``. Images are stored as their original file bytes when the format matches the
+    extension, else re-encoded to ``image_format``; folder data get the caption "a photo of a <class>." and cls."""
+    import webdataset as wds
+
+    ds = load_dataset(source, "all", image_size=1)     # paths, captions, labels; images are read here as bytes
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    paths, sizes = [], {}
+    for start in range(0, len(ds), per_shard):
+        path = out / f"{start // per_shard:05d}.tar"
+        idx = list(range(start, min(start + per_shard, len(ds))))
+        with wds.TarWriter(str(path)) as tar:
+            captions = (ds.captions_at(idx) if ds.captions is not None
+                        else [f"a photo of a {ds.classnames[int(ds.labels[i])]}." for i in idx])
+            for i, caption in zip(idx, captions):
+                sample = {"__key__": f"{i:09d}", "txt": caption, **_image_bytes(ds.paths[i], image_format)}
+                label = int(ds.labels[i])
+                if label >= 0:
+                    sample["cls"] = str(label)
+                    if ds.classnames:
+                        sample["json"] = {"label": label, "classname": ds.classnames[label]}
+                tar.write(sample)
+        paths.append(path)
+        sizes[path.name] = len(idx)
+    (out / "sizes.json").write_text(json.dumps(sizes, indent=1))
+    return paths
+
+
+def _image_bytes(path: Path, image_format: str) -> dict[str, bytes]:
+    """{extension: bytes}: the file itself when it is jpg/png/webp, else re-encoded to image_format."""
+    ext = path.suffix.lower().lstrip(".")
+    if ext in ("jpg", "jpeg", "png", "webp"):
+        return {"jpg" if ext == "jpeg" else ext: path.read_bytes()}
+    key = image_format
+    buf = io.BytesIO()
+    with Image.open(path) as im:
+        im.save(buf, format={"jpg": "JPEG", "png": "PNG", "webp": "WEBP"}[key])
+    return {key: buf.getvalue()}
+
+
+def count_shards(urls: str) -> dict[str, int]:
+    """Count the samples of each shard (reads them) and write sizes.json beside them."""
+    import webdataset as wds
+
+    sizes: dict[Path, dict[str, int]] = {}
+    for u in expand(urls):
+        n = sum(1 for _ in wds.tarfile_to_samples()([{"url": u}]))
+        sizes.setdefault(Path(u).parent, {})[Path(u).name] = n
+    for folder, table in sizes.items():
+        old = json.loads((folder / "sizes.json").read_text()) if (folder / "sizes.json").is_file() else {}
+        (folder / "sizes.json").write_text(json.dumps({**old, **table}, indent=1))
+    return {str(f / k): v for f, t in sizes.items() for k, v in t.items()}
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m clipcore.shards", description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    w = sub.add_parser("write", help="CSV/TSV or image folder -> webdataset shards + sizes.json")
+    w.add_argument("--from", dest="source", required=True)
+    w.add_argument("--out", required=True)
+    w.add_argument("--per-shard", type=int, default=1000)
+    w.add_argument("--image-format", default="png", choices=("png", "jpg", "webp"),
+                   help="for images not already png/jpg/webp")
+    c = sub.add_parser("count", help="(re)write sizes.json for existing shards")
+    c.add_argument("urls")
+    a = p.parse_args(argv)
+    if a.cmd == "write":
+        paths = write_shards(a.source, a.out, a.per_shard, image_format=a.image_format)
+        pattern = Path(a.out) / ("{00000..%05d}.tar" % (len(paths) - 1))
+        print(f"wrote {len(paths)} shards: --train-data '{pattern}' --dataset-type webdataset")
+    else:
+        sizes = count_shards(a.urls)
+        print(f"{len(sizes)} shards, {sum(sizes.values())} samples", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

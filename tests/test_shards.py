@@ -1,0 +1,114 @@
+"""webdataset shards: writer round trip, rank/worker split, exact resume position, bad samples, training."""
+import io
+import json
+import tarfile
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from clipcore.data import DataError
+from clipcore.shards import ShardSource, main as shards_main
+from clipcore.tokenizer import build_tokenizer
+from clipcore.train import TrainConfig, train
+
+N, PER_SHARD = 48, 6   # 8 shards
+
+
+@pytest.fixture(scope="module")
+def csv_data(tmp_path_factory):
+    """48 pairs with distinct captions: a CSV of small PNGs whose caption names their colour and index."""
+    root = tmp_path_factory.mktemp("csv")
+    rng = np.random.default_rng(0)
+    rows = ["filepath,caption,label"]
+    for i in range(N):
+        arr = np.clip(rng.normal(100, 40, (12, 12, 3)), 0, 255).astype(np.uint8)
+        arr[..., i % 3] = 230
+        Image.fromarray(arr).save(root / f"{i}.png")
+        rows.append(f"{i}.png,picture number {i} in {['red', 'green', 'blue'][i % 3]},{i % 3}")
+    (root / "pairs.csv").write_text("\n".join(rows) + "\n")
+    return root / "pairs.csv"
+
+
+@pytest.fixture(scope="module")
+def shards(csv_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("shards")
+    shards_main(["write", "--from", str(csv_data), "--out", str(out), "--per-shard", str(PER_SHARD)])
+    return out
+
+
+def _pattern(folder):
+    return str(folder / "{00000..00007}.tar")
+
+
+def _captions(loader, tok=None):
+    """The caption ids of each batch, decoded back through the tokenizer's token rows (as tuples)."""
+    return [[tuple(r) for r in tokens.tolist()] for _, tokens, _ in loader]
+
+
+def test_writer_round_trip(shards, csv_data):
+    assert json.loads((shards / "sizes.json").read_text()) == {f"{k:05d}.tar": PER_SHARD for k in range(8)}
+    with tarfile.open(shards / "00000.tar") as t:
+        names = sorted(t.getnames())
+    assert names[:3] == ["000000000.cls", "000000000.png", "000000000.txt"]   # integer labels: no json
+    src = ShardSource(_pattern(shards), image_size=8, seed=0)
+    tok = build_tokenizer("bpe", 16)
+    batches = list(src.loader(tok, 8, epoch=0))
+    assert src.steps_per_epoch(8) == 6 == len(batches)
+    images, tokens, labels = batches[0]
+    assert images.shape == (8, 3, 8, 8) and tokens.shape == (8, 16) and set(labels.tolist()) <= {0, 1, 2}
+    seen = sorted(r for b in _captions(batches, tok) for r in b)
+    assert len(set(seen)) == N   # every sample once per epoch
+
+
+def test_ranks_and_workers_split_without_overlap_and_resume_exactly(shards):
+    tok = build_tokenizer("bpe", 16)
+    src = ShardSource(_pattern(shards), image_size=8, seed=3)
+    for world, workers in ((1, 2), (2, 0), (2, 2)):
+        steps = src.steps_per_epoch(12, world, workers)
+        per_rank = [_captions(src.loader(tok, 12, epoch=1, rank=r, world_size=world, num_workers=workers), tok)
+                    for r in range(world)]
+        assert all(len(b) == steps for b in per_rank)
+        rows = [r for b in per_rank for batch in b for r in batch]
+        assert len(rows) == len(set(rows)) == steps * 12          # disjoint across ranks and batches
+        for r in range(world):
+            resumed = _captions(src.loader(tok, 12, epoch=1, start_batch=2, rank=r, world_size=world,
+                                           num_workers=workers), tok)
+            assert resumed == per_rank[r][2:]                        # no repeat, no skip
+    again = _captions(src.loader(tok, 12, epoch=1), tok)
+    assert again == _captions(src.loader(tok, 12, epoch=1), tok) != _captions(src.loader(tok, 12, epoch=2), tok)
+
+
+def test_corrupt_sample_is_counted_skipped_and_named(shards, tmp_path):
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    for k in range(8):
+        (bad / f"{k:05d}.tar").write_bytes((shards / f"{k:05d}.tar").read_bytes())
+    (bad / "sizes.json").write_text((shards / "sizes.json").read_text())
+    with tarfile.open(bad / "00003.tar", "a") as t:          # one more sample, its image is garbage
+        for name, data in (("zzz.png", b"not a png"), ("zzz.txt", b"a broken picture")):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            t.addfile(info, io.BytesIO(data))
+    src = ShardSource(_pattern(bad), image_size=8, shuffle_buffer=1)
+    with pytest.warns(UserWarning, match=r"00003\.tar sample zzz: skipped"):
+        rows = [r for b in _captions(src.loader(build_tokenizer("bpe", 16), 6), None) for r in b]
+    assert src.skipped == 1 and len(rows) == N
+
+
+def test_missing_sizes_and_shards_are_named(shards, tmp_path):
+    with pytest.raises(DataError, match="not found"):
+        ShardSource(str(tmp_path / "{00000..00001}.tar"), image_size=8)
+    (tmp_path / "00000.tar").write_bytes((shards / "00000.tar").read_bytes())
+    with pytest.raises(DataError, match="sizes.json"):
+        ShardSource(str(tmp_path / "00000.tar"), image_size=8)
+    shards_main(["count", str(tmp_path / "00000.tar")])
+    assert ShardSource(str(tmp_path / "00000.tar"), image_size=8).num_samples == PER_SHARD
+
+
+def test_train_on_shards_resumes_exactly(shards, tmp_path):
+    cfg = dict(train_data=_pattern(shards), batch_size=8, warmup=1, log_every=1, epochs=2)
+    full = train(TrainConfig(logs=str(tmp_path), name="a", **cfg))
+    train(TrainConfig(logs=str(tmp_path), name="b", max_steps=4, **cfg))
+    rest = train(TrainConfig(logs=str(tmp_path), name="b", resume="latest", **cfg))
+    assert full["steps"] == 12 and rest["losses"] == full["losses"][4:]
