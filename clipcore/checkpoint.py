@@ -76,8 +76,16 @@ def tokenizer_for(model_cfg, tokenizer_state: dict | None = None):
 
 
 def load_model(path: str | os.PathLike, device: str = "cpu") -> tuple[CLIP, object, dict]:
-    """Checkpoint -> (model in eval mode, tokenizer, the checkpoint dict)."""
+    """Checkpoint -> (model in eval mode, tokenizer, the checkpoint dict). Every model it returns has
+    ``encode_image`` / ``encode_text``; GRAIN and RECO checkpoints come back as their method's model (global
+    image-query embedding; refined embeddings with the training memory), ARF's as the finetuned CLIP."""
     ckpt = load(path)
+    if ckpt.get("method") == "grain":
+        from clipcore.methods.grain import load_grain
+        return load_grain(path, device)
+    if ckpt.get("method") == "reco":
+        from clipcore.methods.reco import load_reco
+        return (*load_reco(path, device=device), ckpt)
     state = ckpt["model"]
     prefix = ckpt.get("model_prefix")   # methods that wrap the CLIP (e.g. ARF's "clip.") say where it sits
     if prefix:

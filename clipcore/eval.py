@@ -32,7 +32,7 @@ def _labelled_features(model, dataset, device) -> tuple[torch.Tensor, torch.Tens
 def evaluate_checkpoint(checkpoint: str, data: str | None = None, split: str = "test", *, linear: bool = False,
                         probe_train_data: str | None = None, device: str = "cpu", skip_bad: bool = False) -> dict:
     model, tokenizer, ckpt = load_model(checkpoint, device)
-    vis = model.cfg.vision
+    vis = getattr(model, "base", model).cfg.vision      # RECO wraps its frozen base CLIP
     kw = dict(image_size=vis.image_size, in_channels=vis.in_channels, seed=0, skip_bad=skip_bad)
     dataset = load_dataset(data, split, **kw)
     metrics = evaluate_model(model, tokenizer, dataset, device=device)

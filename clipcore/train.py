@@ -111,7 +111,7 @@ def resolve_device(device: str) -> torch.device:
 
 def run_dir(cfg: TrainConfig) -> Path:
     """The run folder. Without --resume an existing folder is never reused: a suffix is added."""
-    data = Path(cfg.train_data).stem if cfg.train_data else "animal-mnist"
+    data = Path(cfg.train_data).stem if cfg.train_data else ("partworld" if cfg.method == "grain" else "animal-mnist")
     what = f"{cfg.model}_{data}_{cfg.loss}" if cfg.method == "clip" else f"{cfg.method}_{data}"
     base = Path(cfg.logs) / (cfg.name or f"{what}_s{cfg.seed}")
     if cfg.resume or not base.exists():

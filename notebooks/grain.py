@@ -55,7 +55,7 @@ RESULTS = ROOT / "experiments" / "results"
 OUT = Path(os.environ.get("GRAIN_NOTEBOOK_OUT", Path(tempfile.gettempdir()) / "clipcore_grain_notebook"))
 OUT.mkdir(parents=True, exist_ok=True)
 
-from theory.partworld import PartWorld, PartWorldConfig  # noqa: E402
+from clipcore.partworld import PartWorld, PartWorldConfig  # noqa: E402
 
 # %% [markdown]
 # ## 1. PartWorld and its annotations

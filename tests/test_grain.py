@@ -196,3 +196,17 @@ def test_build_trains_a_step_and_evaluates_on_a_small_partworld():
     assert math.isfinite(loss.item()) and {"ic", "box", "rd"} <= logs.keys()
     m = task.evaluate("test")
     assert list(m)[0] == "acc1" and 0 <= m["novel/name+desc/acc"] <= 1 and 0 <= m["grounding/box_iou50"] <= 1
+    # the checkpoint the loop writes loads back through clipcore.checkpoint.load_model (what clipcore.eval uses)
+    import dataclasses
+    import tempfile
+    from clipcore.checkpoint import load_model, save_atomic
+    with tempfile.TemporaryDirectory() as d:
+        path = f"{d}/grain.pt"
+        save_atomic({"model": task.model.state_dict(), "method": "grain", "train_config": dataclasses.asdict(cfg),
+                     **task.meta}, path)
+        model, tokenizer, ckpt = load_model(path)
+    assert isinstance(model, grain.GrainModel) and ckpt["method"] == "grain"
+    x = batch.images[:2]
+    task.model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model.encode_image(x), task.model.encode_image(x))

@@ -1,11 +1,11 @@
-"""PartWorld (theory.partworld): determinism, class structure, novel split, annotations, domains, files on disk."""
+"""PartWorld (clipcore.partworld): determinism, class structure, novel split, annotations, domains, files on disk."""
 import json
 
 import numpy as np
 import pytest
 
 from clipcore.annotations import load_annotations
-from theory.partworld import COLOURS, DOMAINS, PartWorld, PartWorldConfig, part_phrase
+from clipcore.partworld import COLOURS, DOMAINS, PartWorld, PartWorldConfig, part_phrase
 
 CFG = PartWorldConfig(n_train=300, n_test_per_class=1)
 

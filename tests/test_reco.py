@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from clipcore.checkpoint import save_atomic
+from clipcore.checkpoint import load_model, save_atomic
 from clipcore.evaluate import retrieval_metrics, zero_shot_metrics
 from clipcore.losses import contrastive_loss
 from clipcore.memory import MemoryBank
@@ -182,11 +182,16 @@ def test_cli_plugin_end_to_end(tmp_path):
     out = task.evaluate("test")
     assert 0 <= out["acc1"] <= 1 and "image_retrieval_recall@1" in out and out["memory_removed"] >= 0
     path = tmp_path / "reco.pt"
-    save_atomic({"model": task.model.state_dict(), "train_config": dataclasses.asdict(tc), **task.meta}, path)
+    save_atomic({"model": task.model.state_dict(), "method": "reco", "train_config": dataclasses.asdict(tc),
+                 **task.meta}, path)
     model, _ = load_reco(path, memory=task.model.memory)      # (memory=None re-embeds the 8000 train pairs: ~5 s)
     assert model.cfg.k == 4 and len(model.memory) == 8000
     x = torch.randn(3, 1, 16, 16)
     with torch.no_grad():
         torch.testing.assert_close(model.encode_image(x), task.model.encode_image(x))
+    model, _, ckpt = load_model(path)        # what clipcore.eval does: the memory re-embedded from train_config
+    assert isinstance(model, RECO) and len(model.memory) == 8000
+    with torch.no_grad():
+        torch.testing.assert_close(model.encode_image(x), task.model.encode_image(x), atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match="--init"):
         build_task(TrainConfig(method="reco"), torch.device("cpu"))

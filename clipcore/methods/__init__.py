@@ -77,15 +77,8 @@ def get_method(name: str):
 
 
 def available() -> dict[str, Any]:
-    """name -> module for every method whose module exists (a method still being written is skipped)."""
-    out = {}
-    for name, path in METHODS.items():
-        try:
-            out[name] = importlib.import_module(path)
-        except ModuleNotFoundError as e:
-            if e.name != path:
-                raise
-    return out
+    """name -> module for every method (the CLI builds its per-method flags from these)."""
+    return {name: get_method(name) for name in METHODS}
 
 
 def method_config(module, options: dict):

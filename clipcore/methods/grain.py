@@ -39,6 +39,7 @@ from clipcore.methods.grain_zeroshot import (class_embeddings, connective, evalu
                                              image_outputs, zero_shot_scores)
 from clipcore.models import (CLIPConfig, TextConfig, VisionConfig, build_text, build_vision, config_from_dict,
                              get_config, num_params, register)
+from clipcore.partworld import PartWorld, PartWorldConfig
 from clipcore.tokenizer import WordTokenizer
 
 
@@ -250,13 +251,8 @@ def grain_loss(out: dict, batch: RegionBatch, text: Tensor, scale: Tensor, mcfg:
 # ----------------------------------------------------------------------------- the plug-in
 @functools.lru_cache(maxsize=2)
 def _partworld(seed: int, n_train: int, n_test: int, image_size: int):
-    """The default data: a PartWorld generated in memory (imported lazily: clipcore does not depend on theory/);
-    cached, so the models of one experiment that share a seed share the world."""
-    try:
-        from theory.partworld import PartWorld, PartWorldConfig
-    except ImportError as e:
-        raise ImportError("--method grain without --train-data generates a PartWorld (theory/partworld.py), which "
-                          "needs the repository checkout; pass --train-data annotations.jsonl instead") from e
+    """The default data: a PartWorld generated in memory; cached, so the models of one experiment that share a
+    seed share the world."""
     world = PartWorld(PartWorldConfig(n_train=n_train, n_test_per_class=n_test, image_size=image_size), seed=seed)
     train, test = world.sample("train"), world.sample("test")
     return world.vocabulary_texts(), train, test, world.class_table()
