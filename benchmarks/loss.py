@@ -15,7 +15,9 @@ Rows, per (batch B, dtype), on L2-normalised (B, dim) embeddings with logit scal
   fused-eager     clipcore.fused.fused_contrastive_loss(compile=False);
   fused-compiled  the same with its tile functions torch.compile'd (inductor: C++ on CPU, Triton on GPU);
   fused-recompute fused-eager with keep_mib=0: every score tile recomputed in the backward (on CPU the
-                  default keeps up to 64 MiB of tiles; on CUDA the default already is pure recompute).
+                  default keeps up to 64 MiB of tiles; on CUDA the default already is pure recompute);
+  fused-triton    fused_contrastive_loss(kernel="triton"): the hand-written Triton kernels of
+                  clipcore.fused_triton, score tiles on-chip (CUDA only; skipped with a note elsewhere).
 ms: median of --reps timed fwd+bwd calls after one warm-up call; the reps of all rows are interleaved
 (rep 1 of every row, then rep 2, ...) so that load drift on a shared machine hits every row alike, and
 each row is reported as a ratio to the floor measured in the same run.
@@ -44,7 +46,7 @@ from clipcore.fused import fused_contrastive_loss  # noqa: E402
 from clipcore.losses import contrastive_loss  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "fp64": torch.float64}
-IMPLS = ("floor", "materialised", "open_clip", "fused-eager", "fused-compiled", "fused-recompute")
+IMPLS = ("floor", "materialised", "open_clip", "fused-eager", "fused-compiled", "fused-recompute", "fused-triton")
 
 
 def device_name(device: str) -> str:
@@ -61,7 +63,7 @@ def device_name(device: str) -> str:
     return f"{model}, {torch.get_num_threads()} threads"
 
 
-def make_impls(names: list[str], tile: int | None) -> dict:
+def make_impls(names: list[str], tile: int | None, device: str = "cpu") -> dict:
     """name -> fn(x, y, scale) running one forward + backward."""
     out = {}
     for name in names:
@@ -87,6 +89,16 @@ def make_impls(names: list[str], tile: int | None) -> dict:
         elif name in ("fused-eager", "fused-compiled", "fused-recompute"):
             def fn(x, y, s, compile=name == "fused-compiled", keep=0 if name == "fused-recompute" else None):
                 fused_contrastive_loss(x, y, s, tile=tile, compile=compile, keep_mib=keep).backward()
+        elif name == "fused-triton":
+            from clipcore.fused_triton import triton_available
+
+            if device != "cuda" or not triton_available(device):  # the interpreter would take hours here
+                print(f"note: fused-triton row skipped (needs CUDA and triton; device {device}, "
+                      f"triton available: {triton_available(device)})")
+                continue
+
+            def fn(x, y, s):  # block sizes: clipcore.fused_triton.BLOCKS (--tile is the torch tiles')
+                fused_contrastive_loss(x, y, s, kernel="triton").backward()
         else:
             raise SystemExit(f"--impls: unknown row {name!r}; choose from {', '.join(IMPLS)}")
         out[name] = fn
@@ -167,7 +179,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if bad:
         raise SystemExit(f"--dtypes: unknown {bad}; choose from {', '.join(DTYPES)}")
     names = [n for n in args.impls.split(",") if n]
-    impls = make_impls(names, args.tile)
+    impls = make_impls(names, args.tile, args.device)
     dev_name = device_name(args.device)
     print(f"device: {args.device} ({dev_name}), torch {torch.__version__}, dim {args.dim}, reps {args.reps}")
     header = f"{'impl':<16}{'batch':>9}{'dtype':>7}{'ms':>12}{'x floor':>9}{'peak MiB':>11}"

@@ -50,6 +50,12 @@ Compile: the per-tile elementwise/reduction functions (the matmuls are aten call
 ``"auto"`` (default) compiles on CUDA and runs the in-place eager tiles on CPU: there matmuls dominate,
 the two measured within noise of each other (benchmarks/README.md) and a cold compile costs 5-15 s.
 If compilation fails, a warning is printed and the eager tiles are used.
+
+Kernel: ``kernel="triton"`` runs the log-sum-exp passes (both forms) through the hand-written Triton
+kernels of :mod:`clipcore.fused_triton` (score tiles kept on-chip; CUDA, or CPU under TRITON_INTERPRET=1;
+fp64 inputs stay on the torch tiles); ``tile``/``col_tile`` are then its block sizes and ``keep_mib``,
+``compile`` are unused. ``"auto"`` (default) and ``"torch"`` are the tiles above: the Triton path is
+not measured on a GPU yet (benchmarks/README.md).
 """
 from __future__ import annotations
 
@@ -302,6 +308,7 @@ def fused_contrastive_loss(
     gathered_text: Tensor | None = None,
     gathered_image: Tensor | None = None,
     rank_offset: int | None = None,
+    kernel: str = "auto",
 ) -> Tensor:
     """Symmetric InfoNCE as :func:`clipcore.losses.contrastive_loss`, without the B x B logits.
 
@@ -316,6 +323,7 @@ def fused_contrastive_loss(
     "auto" (inductor on CUDA, eager on CPU).
     gathered_text, gathered_image: (N, D) all-gathered embeddings (with autograd), rank_offset: this
     rank's first row in them. Returns this rank's share (see the module docstring).
+    kernel: "auto"/"torch" (the torch tiles) or "triton" (clipcore.fused_triton; see the module docstring).
     Memory: O((B + N) D + tile^2 + keep_mib), never B x N. Time: 4 matmuls of B x N x D (3 for the
     kept tiles) against the materialised loss's 3, plus elementwise work on the tiles.
     """
@@ -323,6 +331,8 @@ def fused_contrastive_loss(
         raise ValueError(f"image and text embeddings must both be (B, D); got {tuple(image.shape)} and {tuple(text.shape)}")
     if image.shape[0] == 0:
         raise ValueError("the contrastive loss of an empty batch is undefined (image and text have 0 rows)")
+    if kernel not in ("auto", "torch", "triton"):
+        raise ValueError(f"kernel must be 'auto', 'torch' or 'triton'; got {kernel!r}")
     distributed = gathered_text is not None or gathered_image is not None
     if distributed:
         if gathered_text is None or gathered_image is None:
@@ -353,12 +363,19 @@ def fused_contrastive_loss(
     keep = int((KEEP_MIB[kind] if keep_mib is None else keep_mib) * 2**20)
     image, text = image.contiguous(), text.contiguous()
     tr, tc = tile_sizes(b, n, image.device, tile, col_tile)
+    if kernel == "triton" and image.dtype != torch.float64:
+        from clipcore.fused_triton import triton_lse
+
+        def lse_pass(x, y, w_c, keep_bytes):
+            return triton_lse(x, y, scale, 0.5 / b, w_c, block_m=tile, block_n=col_tile)
+    else:
+        def lse_pass(x, y, w_c, keep_bytes):
+            return _TiledLSE.apply(x, y, scale, 0.5 / b, w_c, tr, tc, keep_bytes, kernels)
     if distributed:
         # Image rows against all texts, text rows against all images: two row-only passes.
-        lse = _TiledLSE.apply(image, all_text.contiguous(), scale, 0.5 / b, 0.0, tr, tc, keep // 2, kernels)
-        lse = lse + _TiledLSE.apply(text, all_image.contiguous(), scale, 0.5 / b, 0.0, tr, tc, keep // 2, kernels)
+        lse = lse_pass(image, all_text.contiguous(), 0.0, keep // 2) + lse_pass(text, all_image.contiguous(), 0.0, keep // 2)
     else:
-        lse = _TiledLSE.apply(image, text, scale, 0.5 / b, 0.5 / b, tr, tc, keep, kernels)
+        lse = lse_pass(image, text, 0.5 / b, keep)
     loss = lse - _target(image, text, all_image, all_text, scale, labels, offset)
     loss = loss.to(image.dtype)
     if isinstance(logit_bias, Tensor):

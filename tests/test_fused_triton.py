@@ -1,0 +1,199 @@
+"""clipcore.fused_triton (``fused_contrastive_loss(kernel="triton")``) under the Triton interpreter.
+
+The kernels run on CPU with ``TRITON_INTERPRET=1``, which must be set before triton is imported: so
+every check runs in ONE child process (``python tests/test_fused_triton.py [case ...]`` with that
+variable set; it prints a JSON line of results) and this pytest process only reads the results, one
+test per case. The pytest process never imports triton. Values and gradients (embeddings and logit
+scale) are compared with the materialised ``clipcore.losses.contrastive_loss`` by test_fused.check
+(fp32: max error <= 1e-5 x max |reference| per tensor). A second child, without the interpreter,
+traces the two custom ops on fake CUDA tensors (no GPU needed) as torch.compile's AOTAutograd does. Sizes are tiny (B <= 70, D <= 32, blocks of
+16/32) because the interpreter is slow. GPU speed is not tested here (benchmarks/loss.py).
+
+Run: ``pytest tests/test_fused_triton.py`` (about 15-30 s on 2 busy CPU cores, mostly the children's imports).
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).resolve()
+CASES = ["not_multiple_of_block", "two_pass_backward", "batch_of_one", "labels_with_duplicates", "scale_100",
+         "regulariser", "logit_bias", "distributed_rows_only", "bf16_close_to_fp32", "fp64_uses_torch_tiles", "errors"]
+
+
+def _cases() -> dict:
+    """Child process only (TRITON_INTERPRET=1 already set): name -> check function."""
+    import torch
+
+    sys.path[:0] = [str(HERE.parents[1]), str(HERE.parent)]
+    import clipcore.fused_triton as ft
+    from clipcore.fused import fused_contrastive_loss
+    from clipcore.losses import contrastive_loss
+    from test_fused import assert_match, check, loss_and_grads, make_inputs
+
+    f32, tri = torch.float32, dict(kernel="triton")
+
+    def two_pass_backward():
+        ft.ATOMIC = False
+        try:
+            check(b=50, d=16, dtype=f32, normalize=False, scale=1.0, tile=32, col_tile=16, **tri)
+            check(b=37, dtype=f32, scale=20.0, labels=torch.arange(37) % 4, tile=16, **tri)
+        finally:
+            ft.ATOMIC = True
+
+    def distributed_rows_only():
+        r, b = 3, 48
+        labels = torch.arange(b) % 5
+        x, y, s, _ = make_inputs(b, 8, f32, 20.0)
+
+        def ranks(x, y, s, logit_bias=None):
+            k = b // r
+            return torch.stack([fused_contrastive_loss(x[i * k:(i + 1) * k], y[i * k:(i + 1) * k], s, labels=labels,
+                                                       gathered_text=y, gathered_image=x, rank_offset=i * k,
+                                                       tile=16, **tri) for i in range(r)]).mean()
+        for atomic in (True, False):
+            ft.ATOMIC = atomic
+            try:
+                assert_match(loss_and_grads(ranks, x, y, s), loss_and_grads(contrastive_loss, x, y, s, labels=labels), f32)
+            finally:
+                ft.ATOMIC = True
+
+    def bf16_close_to_fp32():
+        x, y, s, _ = make_inputs(64, 32, f32, 20.0)
+        want = loss_and_grads(contrastive_loss, x, y, s)
+        xb, yb = x.detach().bfloat16().requires_grad_(), y.detach().bfloat16().requires_grad_()
+        got = loss_and_grads(fused_contrastive_loss, xb, yb, s, tile=16, **tri)
+        assert got[0].dtype == torch.bfloat16 and got[1].dtype == torch.bfloat16
+        for i, (g, w) in enumerate(zip(got, want)):
+            err = (g.float() - w).abs().max().item()
+            assert err <= 0.05 * w.abs().max().item(), f"output {i}: bf16 error {err:.3g}"
+
+    def errors():
+        x = torch.randn(8, 4)
+        for bad in (8, 24, 512):
+            try:
+                fused_contrastive_loss(x, x, 1.0, tile=bad, **tri)
+            except ValueError as err:
+                assert "power of two" in str(err)
+            else:
+                raise AssertionError(f"tile={bad} accepted")
+        os.environ["TRITON_INTERPRET"] = "0"  # read at call time: as on a CPU-only machine
+        try:
+            fused_contrastive_loss(x, x, 1.0, **tri)
+        except RuntimeError as err:
+            assert "kernel='triton'" in str(err)
+        else:
+            raise AssertionError("kernel='triton' on CPU without the interpreter did not raise")
+        finally:
+            os.environ["TRITON_INTERPRET"] = "1"
+        assert not ft.triton_available("cpu") or os.environ["TRITON_INTERPRET"] == "1"
+
+    return {
+        "not_multiple_of_block": lambda: check(b=50, d=16, dtype=f32, normalize=False, scale=1.0, tile=16, col_tile=16, **tri),
+        "two_pass_backward": two_pass_backward,
+        "batch_of_one": lambda: check(b=1, dtype=f32, scale=10.0, **tri),
+        "labels_with_duplicates": lambda: check(b=64, dtype=f32, scale=30.0, labels=torch.tensor([0, 1, 2] * 20 + [7, 7, 9, 3]),
+                                                tile=16, col_tile=32, **tri),
+        "scale_100": lambda: check(b=70, d=32, dtype=f32, scale=100.0, tile=16, **tri),
+        "regulariser": lambda: check(b=40, dtype=f32, scale=10.0, tile=16, reg_lambda=0.7, reg_pairs="both",
+                                     reg_over_tau=True, **tri),
+        "logit_bias": lambda: check(b=33, dtype=f32, scale=10.0, bias=-4.5, tile=16, **tri),
+        "distributed_rows_only": distributed_rows_only,
+        "bf16_close_to_fp32": bf16_close_to_fp32,
+        "fp64_uses_torch_tiles": lambda: check(b=20, dtype=torch.float64, scale=5.0, tile=16, compile=False, **tri),
+        "errors": errors,
+    }
+
+
+def _trace() -> dict:
+    """Child process WITHOUT the interpreter (there wrap_triton returns the interpreted function, which
+    cannot be traced): make_fx with functionalization, as AOTAutograd under torch.compile, traces the
+    two custom ops on fake CUDA tensors (no GPU needed) into triton_kernel_wrapper_functional nodes
+    (Triton kernels inductor can schedule), not opaque calls. Returns {graph: number of such nodes}."""
+    import logging
+
+    import torch
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch._subclasses.functional_tensor import dispatch_functionalize
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    sys.path[:0] = [str(HERE.parents[1])]
+    import clipcore.fused_triton as ft
+
+    # Without a GPU the kernels' mutation analysis cannot compile TTIR; torch then assumes every
+    # argument mutated (a warning with a traceback): irrelevant to what is checked here.
+    logging.getLogger("torch._dynamo").setLevel(logging.ERROR)  # (that module logs as torch._dynamo)
+    with FakeTensorMode():
+        x, y = torch.empty(40, 16, device="cuda"), torch.empty(40, 16, device="cuda")
+        s, v = torch.empty((), device="cuda"), torch.empty(40, device="cuda")
+    graphs = {
+        "fwd": make_fx(dispatch_functionalize(lambda x, y, s: ft.contrastive_lse_fwd(x, y, s, True, 16, 16, 3)),
+                       tracing_mode="fake")(x, y, s),
+        "bwd_atomic": make_fx(dispatch_functionalize(lambda x, y, s, v: ft.contrastive_lse_bwd(
+            x, y, s, v, v, v, v, True, 16, 16, True)), tracing_mode="fake")(x, y, s, v),
+        "bwd_two_pass": make_fx(dispatch_functionalize(lambda x, y, s, v: ft.contrastive_lse_bwd(
+            x, y, s, v, v, v, v, True, 16, 16, False)), tracing_mode="fake")(x, y, s, v),
+    }
+    return {k: g.code.count("triton_kernel_wrapper_functional(") for k, g in graphs.items()}
+
+
+def _child(names: list[str]) -> None:
+    if names == ["--trace"]:
+        print("RESULTS " + json.dumps(_trace()))
+        return
+    assert os.environ.get("TRITON_INTERPRET") == "1", "run with TRITON_INTERPRET=1"
+    cases, results = _cases(), {}
+    for name in names or CASES:
+        t0 = time.perf_counter()
+        try:
+            cases[name]()
+            results[name] = {"ok": True}
+        except Exception:
+            results[name] = {"ok": False, "error": traceback.format_exc()}
+        results[name]["s"] = round(time.perf_counter() - t0, 2)
+    print("RESULTS " + json.dumps(results))
+
+
+def _run_child(args: list[str], interpret: bool) -> dict:
+    if importlib.util.find_spec("triton") is None:  # find_spec: no triton import in this process
+        pytest.skip("triton is not installed")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env.update(PYTHONWARNINGS="ignore", **({"TRITON_INTERPRET": "1"} if interpret else {}))
+    proc = subprocess.run([sys.executable, str(HERE), *args], env=env, capture_output=True, text=True, timeout=600,
+                          cwd=HERE.parents[1])
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULTS ")]
+    assert lines, f"child failed (rc {proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return json.loads(lines[-1][len("RESULTS "):])
+
+
+@pytest.fixture(scope="module")
+def results():
+    return _run_child([], interpret=True)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_triton_interpreted(results, case):
+    res = results[case]
+    assert res["ok"], res.get("error")
+
+
+def test_ops_trace_into_triton_kernel_nodes():
+    """What torch.compile needs: the custom ops decompose into traceable Triton kernel calls (fwd: one
+    launch at parts=3 >= 3 row blocks; bwd: one launch with atomics, two without)."""
+    import torch  # the pytest process already has torch; triton is imported only in the child
+
+    if torch.version.cuda is None:
+        pytest.skip("fake CUDA tensors need a CUDA build of torch")
+    assert _run_child(["--trace"], interpret=False) == {"fwd": 1, "bwd_atomic": 1, "bwd_two_pass": 2}
+
+
+if __name__ == "__main__":
+    _child(sys.argv[1:])
