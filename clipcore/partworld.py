@@ -19,6 +19,9 @@ the noisy annotation boxes for the grounding diagnostics. Everything is determin
     s = w.sample("train", 1000)          # s.images (1000, 32, 32, 3) uint8, s.labels, s.parts (1000, 3, 4), s.records
     w.write("data/partworld")            # images/*.png + annotations.jsonl (train) + test.jsonl + classes.json
     w.sample("test", 200, domain="sketch")   # the same classes drawn as outlines on white (also "painting")
+
+    python -m clipcore.partworld data/partworld --n-train 20000          # write() from the shell
+    python -m clipcore.train --method grain --train-data data/partworld/annotations.jsonl
 """
 from __future__ import annotations
 
@@ -303,3 +306,23 @@ class PartWorld:
                     f.write(json.dumps(row) + "\n")
         (root / "classes.json").write_text(json.dumps(self.class_table(), indent=1))
         return root / "annotations.jsonl"
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+    p = argparse.ArgumentParser(prog="python -m clipcore.partworld",
+                                description="Write a PartWorld in the GRAIN annotation format (images + JSON lines).")
+    p.add_argument("out", help="folder to write: images/, annotations.jsonl, test.jsonl, classes.json")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--n-train", type=int, default=PartWorldConfig.n_train)
+    p.add_argument("--n-test-per-class", type=int, default=PartWorldConfig.n_test_per_class)
+    p.add_argument("--image-size", type=int, default=PartWorldConfig.image_size)
+    p.add_argument("--domain", choices=DOMAINS, default="photo")
+    a = p.parse_args(argv)
+    cfg = PartWorldConfig(n_train=a.n_train, n_test_per_class=a.n_test_per_class, image_size=a.image_size)
+    path = PartWorld(cfg, seed=a.seed).write(a.out, domain=a.domain)
+    print(f"wrote {path} ({a.n_train} training images) and {Path(a.out) / 'test.jsonl'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -210,3 +210,21 @@ def test_build_trains_a_step_and_evaluates_on_a_small_partworld():
     task.model.eval()
     with torch.no_grad():
         torch.testing.assert_close(model.encode_image(x), task.model.encode_image(x))
+
+
+def test_cli_trains_on_a_written_partworld(tmp_path):
+    """`python -m clipcore.partworld DIR` then `python -m clipcore.train --method grain --train-data DIR/annotations.jsonl`:
+    the annotation-file path of the loader, the test split read back from test.jsonl/classes.json, the loop's
+    checkpoint, and clipcore.eval's loader on it."""
+    from clipcore.checkpoint import load_model
+    from clipcore.partworld import main as write_world
+    from clipcore.train import parse_args, train
+    write_world([str(tmp_path / "pw"), "--n-train", "48", "--n-test-per-class", "1"])
+    cfg = parse_args(["--method", "grain", "--model", "grain-xs", "--train-data", str(tmp_path / "pw" / "annotations.jsonl"),
+                      "--batch-size", "16", "--epochs", "1", "--grain-decoder-width", "32", "--grain-decoder-layers", "1",
+                      "--grain-decoder-ffn", "64", "--logs", str(tmp_path / "logs"), "--device", "cpu"])
+    out = train(cfg)
+    assert out["run_dir"].endswith("grain_annotations_s0")
+    assert 0 <= out["novel/name+desc/acc"] <= 1 and 0 <= out["grounding/box_iou50"] <= 1   # the held-out metrics
+    model, _, ckpt = load_model(f"{out['run_dir']}/checkpoints/latest.pt")
+    assert isinstance(model, grain.GrainModel) and ckpt["step"] == 3
