@@ -14,14 +14,7 @@ from clipcore.evaluate import (classification_metrics, encode_images, evaluate_m
 from clipcore.tokenizer import BPETokenizer, WordTokenizer
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These tensors are tiny: extra OpenMP threads only add spin-wait time, which explodes (~100x per op)
-    when the 2-core machine is shared with other jobs."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class StubCLIP(nn.Module):

@@ -10,12 +10,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from clipcore.memory import MemoryBank, build_memory, exact_knn
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _bank(n=500, d=16, seed=0, **kw) -> MemoryBank:

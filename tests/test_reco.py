@@ -23,12 +23,7 @@ from clipcore.train import TrainConfig
 D = 16
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _linear_clip(dx=12, dy=10, d=D, seed=0) -> CLIP:
