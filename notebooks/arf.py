@@ -63,11 +63,12 @@ plt.show()
 
 # %% [markdown]
 # ## What the retrieval picked
-# The anchor set of ARF per seed: how many pool pairs, the share naming an ID class, the share from a domain
-# other than photo. Text retrieval with the prompt "a photo of a {c}" ranks photo captions first.
+# The anchor set of ARF per seed and class query: how many pool pairs, the share naming an ID class, the share
+# from a domain other than photo. Text retrieval with the prompt "a photo of a {c}" ranks photo captions first;
+# the name-only query "{c}" (ARF-7) does not carry the domain word.
 
 # %%
-pd.DataFrame([{"seed": r["seed"], **r["anchors"]} for r in runs])
+pd.DataFrame([{"seed": r["seed"], "query": m, **a} for r in runs for m, a in r["anchors"].items()])
 
 # %% [markdown]
 # ## The claims

@@ -65,6 +65,34 @@ def test_flyp_treats_same_class_pairs_as_positives():
     assert arf.flyp_loss(img, prompts, y, s, pos="plain") > arf.flyp_loss(img, prompts, y, s)
 
 
+def test_shared_negatives_loss_against_a_loop():
+    """Option shared_negatives: every image's softmax runs over all texts of the step (prompts, captions, anchor
+    texts) and every text's over all images; written out row by row here. Without extras it is flyp_loss."""
+    torch.manual_seed(1)
+    n = lambda *shape: F.normalize(torch.randn(*shape, dtype=torch.float64), dim=-1)  # noqa: E731
+    img, prompts, caps, a_img, a_txt = n(4, 8), n(2, 8), n(4, 8), n(3, 8), n(3, 8)
+    y, s = torch.tensor([0, 1, 0, 0]), 7.0
+    texts, images = torch.cat([prompts, caps, a_txt]), torch.cat([img, a_img])
+
+    def ce(q, cands, pos):              # -log softmax over cands, averaged over the positive columns
+        return -(s * cands @ q).log_softmax(0)[pos].mean()
+
+    flyp_i2t = sum(ce(img[i], texts, [int(y[i])]) for i in range(4)) / 4
+    flyp_t2i = sum(ce(prompts[c], images, [i for i in range(4) if y[i] == c]) for c in range(2)) / 2
+    tca = (sum(ce(img[i], texts, [2 + i]) for i in range(4)) / 4 + sum(ce(caps[i], images, [i]) for i in range(4)) / 4) / 2
+    ita = (sum(ce(a_img[j], texts, [6 + j]) for j in range(3)) / 3
+           + sum(ce(a_txt[j], images, [4 + j]) for j in range(3)) / 3) / 2
+    want = 0.5 * (flyp_i2t + flyp_t2i) + 0.5 * tca + 2.0 * ita
+    got, parts = arf.shared_negatives_loss(img, prompts, y, s, caps, a_img, a_txt, lambda_tca=0.5, lambda_ita=2.0)
+    torch.testing.assert_close(got, want)
+    assert parts["tca"] == pytest.approx(tca.item()) and parts["ita"] == pytest.approx(ita.item())
+    torch.testing.assert_close(arf.shared_negatives_loss(img, prompts, y, s)[0], arf.flyp_loss(img, prompts, y, s))
+    # more candidates than the per-term losses see: never a smaller loss on the same embeddings
+    per_term = (arf.flyp_loss(img, prompts, y, s) + 0.5 * arf.contrastive_loss(img, caps, s)
+                + 2.0 * arf.contrastive_loss(a_img, a_txt, s))
+    assert got > per_term
+
+
 def test_select_anchors_picks_the_task_pairs():
     """Hand-made pool: rows 0-1 match class 0's query, rows 2-3 class 1's, rows 4-5 neither."""
     e = torch.eye(4)
@@ -166,3 +194,8 @@ def test_cli_path_end_to_end(tmp_path):
     assert 1 <= len(anchors) <= 12 and all(a["class"] in CLASSES for a in anchors)
     model, _, ck = ckpt_io.load_model(tmp_path / "logs" / "arf" / "checkpoints" / "latest.pt")
     assert ck["method"] == "arf" and isinstance(model, CLIP)   # an ARF checkpoint loads as a plain CLIP
+    # the reconstruction options of arf.md 3.2/3.4 through the same path: one candidate set, a name-only query
+    res2 = train(TrainConfig(name="arf-shared", method="arf", init=str(theta0), **common,
+                             options={"captions": str(tmp_path / "caps.jsonl"), "pool": str(tmp_path / "pool.jsonl"),
+                                      "k": 4, "shared_negatives": True, "query_template": "{}"}))
+    assert all(math.isfinite(x) for x in res2["losses"]) and res2["losses"][0] > res["losses"][0]

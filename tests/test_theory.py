@@ -352,7 +352,11 @@ def test_mean_ci_verdicts_and_results_table(tmp_path):
         (tmp_path / f"{cid}.json").write_text(json.dumps({"id": cid, "claim": "c|x", "prediction": "p", "threshold": "t",
                                                           "measured_text": "1 ± 0", "verdict": v, "tier": "quick"}))
     (tmp_path / "other.json").write_text("{}")
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "THY-2.json").write_text(json.dumps({"id": "THY-2", "claim": "c", "prediction": "p",
+                                                               "measured_text": "2 ± 0", "verdict": "holds", "tier": "full"}))
     out = c.write_results_md(tmp_path, tmp_path / "R.md")
     text = out.read_text()
-    assert text.index("THY-2 ") < text.index("THY-10 ") and "c\\|x" in text and "1 holds, 1 fails" in text
+    assert text.index("THY-2 ") < text.index("2 ± 0") < text.index("THY-10 ") and "c\\|x" in text
+    assert "2 claims at the quick tier: 1 holds, 1 fails" in text and "1 claims at the full tier: 1 holds" in text
     assert c.write_results_md(tmp_path / "none", tmp_path / "S.md") is None

@@ -17,7 +17,8 @@ Modes (``Config.mode``), every one starting from the pretrained model theta0 (``
 ARF-TCA / ARF-ITA are ``arf`` with lambda_ita = 0 / lambda_tca = 0. Controls (ARF-5): ``random_captions``
 (captions replaced by random words of the same length), ``retrieval="random"`` (|A| pool pairs drawn
 uniformly), ``l2sp`` (beta/2 ||theta - theta0||^2 on the towers) and ``distill`` (feature distillation to
-theta0 on the finetune images). WiSE-FT: :func:`wise` interpolates theta0 and theta for any mode.
+theta0 on the finetune images). WiSE-FT: :func:`wise` interpolates theta0 and theta for any mode. ``shared_negatives``: one softmax over all
+texts (and all images) of the step instead of one per term (:func:`shared_negatives_loss`).
 Anchor retrieval goes through :mod:`clipcore.memory` (the project's one k-NN path).
 """
 from __future__ import annotations
@@ -54,7 +55,11 @@ class Config:
     distill: float = 0.0              # beta of feature distillation to theta0 (0: off)
     lp_steps: int = 300               # LP-FT: full-batch Adam steps of the linear-probe stage
     template: str = "a photo of a {}"  # the class prompt p_c
+    query_template: str = ""          # [RECON] text of the class queries of retrieval="text"; "" = template. A
+                                      # domain word in it ("photo") pulls anchors of that domain (ARF-7)
     anchors_out: str = ""             # write the retrieved anchors (row, class, score, caption) as JSON lines
+    shared_negatives: bool = False    # [RECON] arf.md 3.4: every text of the step (prompts, captions, anchor texts)
+                                      # is a candidate of every image, and every image of every text
 
 
 # ----------------------------------------------------------------------------- losses
@@ -75,6 +80,37 @@ def flyp_loss(image: Tensor, prompts: Tensor, labels: Tensor, scale: Tensor | fl
     target = F.one_hot(inv, len(uniq)).T.to(logits.dtype)          # (U, B)
     t2i = -(target / target.sum(1, keepdim=True) * logits.T.log_softmax(-1)).sum(1).mean()
     return 0.5 * (i2t + t2i)
+
+
+def shared_negatives_loss(image: Tensor, prompts: Tensor, labels: Tensor, scale: Tensor | float,
+                          captions: Tensor | None = None, anchor_image: Tensor | None = None,
+                          anchor_text: Tensor | None = None, lambda_tca: float = 1.0,
+                          lambda_ita: float = 1.0) -> tuple[Tensor, dict[str, float]]:
+    """L_FLYP + lambda_tca L_TCA + lambda_ita L_ITA with one candidate set per direction (option shared_negatives).
+
+    image (B, D), prompts (U, D) the batch's unique class prompts, labels (B,) rows of prompts, captions (B, D) of
+    the images (or None), anchor_image / anchor_text (B_a, D) (or None). Texts T = [prompts; captions; anchor
+    texts], images I = [image; anchor images]; each term keeps its positives (FLYP's as in :func:`flyp_loss`
+    "multi", TCA image i <-> caption i, ITA anchor j <-> its text) but every direction's softmax runs over all of
+    T or all of I. Without captions and anchors it is exactly ``flyp_loss(image, prompts, labels, scale)``.
+    """
+    b, u = len(image), len(prompts)
+    texts = torch.cat([t for t in (prompts, captions, anchor_text) if t is not None])
+    images = image if anchor_image is None else torch.cat([image, anchor_image])
+    i2t, t2i = scale * image @ texts.T, scale * texts @ images.T          # (B, |T|), (|T|, |I|)
+    same = F.one_hot(labels, u).T.to(t2i.dtype)                          # (U, B) same-class images
+    target = F.pad(same / same.sum(1, keepdim=True), (0, len(images) - b))
+    loss = 0.5 * (F.cross_entropy(i2t, labels) - (target * t2i[:u].log_softmax(-1)).sum(-1).mean())
+    parts, off = {}, u
+    if captions is not None:
+        ar = torch.arange(b, device=image.device)
+        tca = 0.5 * (F.cross_entropy(i2t, off + ar) + F.cross_entropy(t2i[off:off + b], ar))
+        loss, parts["tca"], off = loss + lambda_tca * tca, tca.item(), off + b
+    if anchor_image is not None:
+        ar = torch.arange(len(anchor_image), device=image.device)
+        ita = 0.5 * (F.cross_entropy(scale * anchor_image @ texts.T, off + ar) + F.cross_entropy(t2i[off:], b + ar))
+        loss, parts["ita"] = loss + lambda_ita * ita, ita.item()
+    return loss, parts
 
 
 def l2sp_penalty(model: nn.Module, reference: dict[str, Tensor]) -> Tensor:
@@ -291,6 +327,8 @@ def arf_task(theta0: nn.Module, tokenizer, finetune: Pairs, mcfg: Config, *, bat
     if use_tca and not finetune.captions:
         raise ValueError("L_TCA needs captions of the finetune images: pass --arf-captions FILE.jsonl "
                          "(or --arf-lambda-tca 0)")
+    if mcfg.shared_negatives and mcfg.flyp_pos != "multi":
+        raise ValueError("--arf-shared-negatives pools the batch's unique prompts: it needs --arf-flyp-pos multi")
     if use_ita and pool is None:
         raise ValueError("L_ITA needs a candidate pool: pass --arf-pool FILE (or --arf-lambda-ita 0)")
     classes = finetune.classnames
@@ -328,7 +366,8 @@ def arf_task(theta0: nn.Module, tokenizer, finetune: Pairs, mcfg: Config, *, bat
             feats = _embed_images(theta0, finetune, device).cpu()
             queries = F.normalize(torch.stack([feats[finetune.labels == c].mean(0) for c in range(len(classes))]), dim=-1)
         elif mcfg.retrieval in ("text", "random"):
-            queries = prompts0.cpu()
+            qt = mcfg.query_template or mcfg.template
+            queries = (prompts0 if qt == mcfg.template else prompt_embeddings(theta0, tokenizer, classes, qt, device)).cpu()
         else:
             raise ValueError(f"--arf-retrieval {mcfg.retrieval!r}: choose text, image or random")
         anchors = select_anchors(bank, queries, mcfg.k, "image" if mcfg.retrieval == "image" else "text",
@@ -361,16 +400,27 @@ def arf_task(theta0: nn.Module, tokenizer, finetune: Pairs, mcfg: Config, *, bat
         else:
             scale = model.clip.logit_scale_value()
             uniq, inv = y.unique(return_inverse=True)
-            loss = flyp_loss(img, model.encode_text(prompt_tokens[uniq]), inv, scale, mcfg.flyp_pos)
+            prompts = model.encode_text(prompt_tokens[uniq])
             info["logit_scale"] = scale.item()
+            caps = a_img = a_txt = None
             if use_tca:
                 pick = cap_first[torch.as_tensor(idx)] + _pick(seed, epoch, idx, cap_count)
-                tca = contrastive_loss(img, model.encode_text(cap_tokens[pick.to(device)]), scale)
-                loss, info["tca"] = loss + mcfg.lambda_tca * tca, tca.item()
+                caps = model.encode_text(cap_tokens[pick.to(device)])
             if use_ita:
                 a_img = model.encode_image(pool.batch_images(anchors["rows"][rows].tolist()).to(device))
-                ita = contrastive_loss(a_img, model.encode_text(anchors["tokens"][rows.to(device)]), scale)
-                loss, info["ita"] = loss + mcfg.lambda_ita * ita, ita.item()
+                a_txt = model.encode_text(anchors["tokens"][rows.to(device)])
+            if mcfg.shared_negatives:
+                loss, parts = shared_negatives_loss(img, prompts, inv, scale, caps, a_img, a_txt,
+                                                    mcfg.lambda_tca, mcfg.lambda_ita)
+                info.update(parts)
+            else:
+                loss = flyp_loss(img, prompts, inv, scale, mcfg.flyp_pos)
+                if use_tca:
+                    tca = contrastive_loss(img, caps, scale)
+                    loss, info["tca"] = loss + mcfg.lambda_tca * tca, tca.item()
+                if use_ita:
+                    ita = contrastive_loss(a_img, a_txt, scale)
+                    loss, info["ita"] = loss + mcfg.lambda_ita * ita, ita.item()
         if mcfg.l2sp:
             loss = loss + 0.5 * mcfg.l2sp * l2sp_penalty(model.clip, reference)
         if mcfg.distill:
