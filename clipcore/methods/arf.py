@@ -17,8 +17,9 @@ Modes (``Config.mode``), every one starting from the pretrained model theta0 (``
 ARF-TCA / ARF-ITA are ``arf`` with lambda_ita = 0 / lambda_tca = 0. Controls (ARF-5): ``random_captions``
 (captions replaced by random words of the same length), ``retrieval="random"`` (|A| pool pairs drawn
 uniformly), ``l2sp`` (beta/2 ||theta - theta0||^2 on the towers) and ``distill`` (feature distillation to
-theta0 on the finetune images). WiSE-FT: :func:`wise` interpolates theta0 and theta for any mode. ``shared_negatives``: one softmax over all
-texts (and all images) of the step instead of one per term (:func:`shared_negatives_loss`).
+theta0 on the finetune images). WiSE-FT: :func:`wise` interpolates theta0 and theta for any mode.
+``shared_negatives``: one softmax over all texts (and all images) of the step instead of one per term
+(:func:`shared_negatives_loss`). Data readers (finetune set, captions, pool): :mod:`clipcore.methods.arf_data`.
 Anchor retrieval goes through :mod:`clipcore.memory` (the project's one k-NN path).
 """
 from __future__ import annotations
@@ -26,15 +27,14 @@ from __future__ import annotations
 import copy
 import json
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Sequence
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from clipcore.losses import contrastive_loss
+from clipcore.methods.arf_data import Pairs, random_word_captions, read_captions, read_pool  # noqa: F401 (re-exported)
 
 MODES = ("ft", "lpft", "flyp", "arf")
 
@@ -208,88 +208,6 @@ def select_anchors(bank, queries: Tensor, k: int, by: str = "text", *, random: b
         rows = torch.randperm(len(bank), generator=g)[:len(keep)]
         out = {"rows": rows, "cls": torch.full_like(rows, -1), "score": torch.full((len(rows),), float("nan"))}
     return out
-
-
-def random_word_captions(captions: Sequence[str], seed: int = 0) -> list[str]:
-    """ARF-5 control (i): each caption replaced by as many words drawn uniformly from all captions' words."""
-    words = sorted({w for c in captions for w in c.split()})
-    rng = np.random.default_rng(seed)
-    return [" ".join(rng.choice(words, size=max(1, len(c.split())))) for c in captions]
-
-
-# ----------------------------------------------------------------------------- data
-class Pairs:
-    """Images (N, C, H, W) float in memory (or any ``batch_images(idx)``), with captions and labels: the
-    finetune set and the pool as ARF sees them. Wraps clipcore datasets and synthetic tensors alike."""
-
-    def __init__(self, images, captions: Sequence[Sequence[str]] | Sequence[str] | None = None,
-                 labels: Tensor | None = None, classnames: Sequence[str] | None = None):
-        self._images = images
-        self.captions = captions
-        self.labels = labels
-        self.classnames = list(classnames) if classnames is not None else None
-
-    def __len__(self) -> int:
-        return len(self._images) if isinstance(self._images, Tensor) else len(self._images.labels)
-
-    def batch_images(self, idx: Sequence[int]) -> Tensor:
-        if isinstance(self._images, Tensor):
-            return self._images[torch.as_tensor(list(idx), dtype=torch.long)]
-        return self._images.batch_images(list(idx))
-
-
-def read_captions(path: str | Path, image_paths: Sequence[Path]) -> list[list[str]]:
-    """A captioner's JSON lines ``{"image", "caption"}`` (image relative to the file's folder or absolute) ->
-    the captions of each finetune image, in dataset order. Several lines per image are allowed; a bad line or a
-    finetune image without a caption is an error naming it."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"--arf-captions {str(path)!r}: file not found (JSON lines of {{\"image\", \"caption\"}})")
-    by_image: dict[Path, list[str]] = {}
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-            image, caption = rec["image"], str(rec["caption"]).strip()
-        except (json.JSONDecodeError, KeyError, TypeError) as e:
-            raise ValueError(f"{path} line {n}: expected a JSON object with keys image and caption ({e!r})") from e
-        if not caption:
-            raise ValueError(f"{path} line {n}: empty caption for {image}")
-        by_image.setdefault((path.parent / image).resolve(), []).append(caption)
-    out = []
-    for p in image_paths:
-        caps = by_image.get(Path(p).resolve())
-        if not caps:
-            raise ValueError(f"{path}: no caption for finetune image {p}; every finetune image needs at least one line")
-        out.append(caps)
-    return out
-
-
-def read_pool(path: str | Path, **data_kw):
-    """The candidate pool: anything clipcore.data.load_dataset reads, or JSON lines ``{"image", "caption"}``."""
-    from clipcore.data import CLIP_MEAN, CLIP_STD, ImageTextDataset, load_dataset
-    path = Path(path)
-    if path.suffix.lower() != ".jsonl":
-        return load_dataset(path, "train", **data_kw)
-    if not path.is_file():
-        raise FileNotFoundError(f"--arf-pool {str(path)!r}: file not found")
-    paths, caps, rows = [], [], []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-            paths.append(path.parent / rec["image"]); caps.append(str(rec["caption"]).strip())
-        except (json.JSONDecodeError, KeyError, TypeError) as e:
-            raise ValueError(f"{path} line {n}: expected a JSON object with keys image and caption ({e!r})") from e
-        if not caps[-1] or not paths[-1].is_file():
-            raise ValueError(f"{path} line {n}: {'empty caption' if not caps[-1] else f'image {paths[-1]} not found'}")
-        rows.append(f"{path} line {n}")
-    rgb = data_kw.get("in_channels", 3) == 3
-    return ImageTextDataset(paths=paths, captions=caps, labels=torch.full((len(paths),), -1), classnames=None,
-                            rows=rows, image_size=data_kw.get("image_size", 32), in_channels=data_kw.get("in_channels", 3),
-                            mean=CLIP_MEAN if rgb else (0.5,), std=CLIP_STD if rgb else (0.5,))
 
 
 # ----------------------------------------------------------------------------- the task
