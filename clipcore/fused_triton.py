@@ -183,6 +183,27 @@ if triton is not None:
         tl.store(ds_ptr + pid, tl.sum(dsum, 0))
 
 
+def compile_for(arch: int, d: int, block_m: int, block_n: int, num_warps: int, dtype: str = "bf16") -> dict:
+    """Compile the forward and the (atomic) backward kernel ahead of time for ``sm_<arch>``, as the ops launch them
+    for embeddings of width ``d`` in ``dtype`` -> {"forward": kernel, "backward": kernel}. Needs no GPU (PTX, then
+    the ptxas shipped with triton): tests check the kernels compile for real hardware (the interpreter does not),
+    benchmarks/triton_static.py reads their shared memory and register use."""
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    def signature(fn):
+        return {n: "constexpr" if p.is_constexpr else
+                ("*" + (dtype if n in ("x_ptr", "y_ptr", "dx_ptr") else "fp32") if n.endswith("_ptr") else "i32")
+                for n, p in zip(fn.arg_names, fn.params)}
+
+    common = {"BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_D": _block_d(d), "PRECISION": "tf32", "DOT_F32": False}
+    todo = {"forward": (_fwd_kernel, {**common, "WITH_COLS": True}),
+            "backward": (_bwd_kernel, {**common, "HAS_R": True, "HAS_C": True, "ATOMIC_DY": True})}
+    return {name: triton.compile(ASTSource(fn=fn, signature=signature(fn), constexprs=consts),
+                                 target=GPUTarget("cuda", arch, 32), options={"num_warps": num_warps})
+            for name, (fn, consts) in todo.items()}
+
+
 def _parts(n_row_blocks: int, n: int, device: torch.device) -> int:
     """Programs per forward launch = rows of the (parts, N) column buffer: <= PART_BYTES unless that
     leaves fewer than 2 programs per SM (CUDA); 4 under the interpreter (exercises several launches)."""

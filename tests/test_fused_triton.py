@@ -145,9 +145,21 @@ def _trace() -> dict:
     return {k: g.code.count("triton_kernel_wrapper_functional(") for k, g in graphs.items()}
 
 
+def _compile_sm90() -> dict:
+    """Child process without the interpreter: compile both kernels for sm_90a (H100/H200) as the ops would launch
+    them on CUDA (bf16, D = 512 at the default 64 x 32 blocks, 8 warps). The interpreter never compiles, so this
+    is the check that the kernels are valid Triton for real hardware; no GPU is needed (PTX + ptxas)."""
+    sys.path[:0] = [str(HERE.parents[1])]
+    import clipcore.fused_triton as ft
+    return {name: k.metadata.shared for name, k in ft.compile_for(90, 512, 64, 32, 8).items()}
+
+
 def _child(names: list[str]) -> None:
     if names == ["--trace"]:
         print("RESULTS " + json.dumps(_trace()))
+        return
+    if names == ["--compile"]:
+        print("RESULTS " + json.dumps(_compile_sm90()))
         return
     assert os.environ.get("TRITON_INTERPRET") == "1", "run with TRITON_INTERPRET=1"
     cases, results = _cases(), {}
@@ -193,6 +205,12 @@ def test_ops_trace_into_triton_kernel_nodes():
     if torch.version.cuda is None:
         pytest.skip("fake CUDA tensors need a CUDA build of torch")
     assert _run_child(["--trace"], interpret=False) == {"fwd": 1, "bwd_atomic": 1, "bwd_two_pass": 2}
+
+
+def test_kernels_compile_for_sm90():
+    """Both kernels compile for sm_90a and their shared memory fits one H100/H200 block (227 KiB)."""
+    smem = _run_child(["--compile"], interpret=False)
+    assert set(smem) == {"forward", "backward"} and all(0 < v <= 232448 for v in smem.values()), smem
 
 
 if __name__ == "__main__":
