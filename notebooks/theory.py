@@ -18,8 +18,8 @@
 #
 # Every number on this page is read from `experiments/results/THY-*.json`, written by
 # `pytest experiments/` (quick tier) or `CLIPCORE_FULL=1 pytest experiments/` (paper tier). Each claim has one
-# test in `experiments/test_theory.py` or `experiments/test_thy8.py` whose prediction and threshold were
-# written before it was run; the verdict is **holds** when the whole 95% confidence interval over seeds lies on
+# test in `experiments/test_theory.py`, `experiments/test_theory_transfer.py` or `experiments/test_thy8.py`
+# whose prediction and threshold were written before it was run; the verdict is **holds** when the whole 95% confidence interval over seeds lies on
 # the predicted side of the threshold, **fails** when it lies wholly on the other side, and **inconclusive**
 # otherwise. A claim that does not hold is reported as such (the test is marked xfail with the number).
 #

@@ -1,0 +1,72 @@
+"""The common protocol of the theory claims THY-1 ... THY-7 (experiments/test_theory.py: THY-1 ... 4, margins and
+generalisation; experiments/test_theory_transfer.py: THY-5 ... 7, zero-shot transfer). Protocol
+(theory.md s2 generator, `theory.world.WorldConfig()` defaults: K=10 topics, 10 unique dimensions per
+modality with ||xi|| ~ 3 ||z||, dx=dy=32, noise 0.1): linear towers f = Wx, g = Vy into d=16, L2-normalised
+(cosine scores, so margins are comparable with the ground truth's gamma* ~ 1), fixed temperature tau, fresh
+i.i.d. batches of B=32, plain SGD (momentum 0.9) -- the gradient-descent setting whose vanishing gradients T6
+is about -- with lr = ETA0 * tau, i.e. SGD on tau * L: the step in score units is the same at every tau, only
+the softmax saturation differs. The regulariser is clipcore's ``reg`` loss with ``reg_over_tau=True``
+(objective L + lambda R / tau, so that tau * objective = tau L + lambda R). clipcore's symmetric loss is the
+average of the two directions = 1/2 the paper's L_B (slopes, margins and errors do not depend on the factor).
+"""
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import pytest
+import torch
+
+from experiments.common import seeds, tier
+from theory.fit import embed, train_protocol
+from theory.measures import ground_truth_embed, margins
+from theory.world import World, WorldConfig
+
+BASE = WorldConfig()
+EMBED = 16
+BATCH = 32
+STEPS = tier(1000, 3000)
+ETA0 = 1.0            # lr = ETA0 * tau (chosen on the tau=0.1 training-loss curve: plateau by ~1000 steps)
+N_EVAL = 2000
+TAUS = (0.01, 0.02, 0.05, 0.1, 0.2)
+SEEDS = seeds(3, 5)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # Small matmuls are much faster on one thread than on two contended ones.
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def _mean(xs):
+    return float(np.mean(xs))
+
+
+def _all_verdicts(*vs: str) -> str:
+    return "holds" if all(v == "holds" for v in vs) else "fails" if "fails" in vs else "inconclusive"
+
+
+@functools.lru_cache(maxsize=None)
+def trained(cfg: WorldConfig, tau: float, seed: int, loss: str = "clip", lam: float = 0.0, pairs: str = "pos",
+            batch: int = BATCH, steps: int = STEPS):
+    """(world, model, trajectory) of one run of the common protocol, memoised across claims."""
+    return train_protocol(cfg, tau, seed, steps=steps, batch_size=batch, embed_dim=EMBED, eta0=ETA0, loss=loss,
+                          reg_lambda=lam, reg_pairs=pairs)
+
+
+def heldout(world: World, seed: int, **kw):
+    return world.sample(N_EVAL, torch.Generator().manual_seed(10_000 + seed), **kw)
+
+
+def median_margin(world, model, seed) -> tuple[float, float]:
+    """(median held-out margin of the model, the same for the ground-truth encoders), cosine scores."""
+    s = heldout(world, seed)
+    return margins(*embed(model, s), s.z).median().item(), margins(*ground_truth_embed(world, s), s.z).median().item()
+
+
+def _df(rows):
+    import pandas as pd
+    return pd.DataFrame(rows)
