@@ -75,3 +75,11 @@ pd.DataFrame([{"seed": r["seed"], "query": m, **a} for r in runs for m, a in r["
 # %%
 for r in recs.values():
     print(f"{r['id']} [{r['verdict']}] {r['claim']}\n    measured: {r['measured_text']}\n    {r['note']}\n")
+
+# %% [markdown]
+# The paper tier (`CLIPCORE_FULL=1 pytest experiments/test_arf.py`, 5 seeds), when it has been run:
+
+# %%
+for p in sorted((RES / "full").glob("ARF-*.json")):
+    r = json.loads(p.read_text())
+    print(f"{r['id']} [{r['verdict']}, full tier] {r['measured_text']}")

@@ -131,7 +131,8 @@ fig.savefig(OUT / "grain_predicted_boxes.png", dpi=120)
 # ## 3. The claims (read from experiments/results)
 
 # %%
-recs = [r for r in (json.loads(p.read_text()) for p in sorted(RESULTS.glob("GRAIN-*.json"))) if "id" in r]
+files = sorted(RESULTS.glob("GRAIN-*.json")) + sorted((RESULTS / "full").glob("GRAIN-*.json"))   # quick, then paper tier
+recs = [r for r in (json.loads(p.read_text()) for p in files) if "id" in r]
 for r in recs:
     print(f"{r['id']:9s} {r['verdict']:13s} [{r['tier']}, seeds {r['seeds']}]  {r['measured_text']}")
     if r.get("note"):
