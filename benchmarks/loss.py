@@ -97,8 +97,8 @@ def make_impls(names: list[str], tile: int | None, device: str = "cpu") -> dict:
                       f"triton available: {triton_available(device)})")
                 continue
 
-            def fn(x, y, s):  # block sizes: clipcore.fused_triton.BLOCKS (--tile is the torch tiles')
-                fused_contrastive_loss(x, y, s, kernel="triton").backward()
+            def fn(x, y, s):  # --tile: BLOCK_M (default clipcore.fused_triton.BLOCKS)
+                fused_contrastive_loss(x, y, s, tile=tile, kernel="triton").backward()
         else:
             raise SystemExit(f"--impls: unknown row {name!r}; choose from {', '.join(IMPLS)}")
         out[name] = fn

@@ -40,7 +40,7 @@ def ptxas_usage(ptx: str, arch: int) -> dict:
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--dims", default="256,512")
-    p.add_argument("--blocks", default="64x32x8,32x32x4,64x64x8", help="BLOCK_MxBLOCK_Nxnum_warps, comma-separated")
+    p.add_argument("--blocks", default="64x32x8,32x32x8,32x32x4,64x64x8,64x32x16", help="BLOCK_MxBLOCK_Nxnum_warps, comma-separated")
     p.add_argument("--arch", type=int, default=90)
     p.add_argument("--dtype", default="bf16")
     p.add_argument("--json", default=None)
@@ -51,7 +51,14 @@ def main(argv=None) -> None:
     for d in (int(x) for x in a.dims.split(",")):
         for blk in a.blocks.split(","):
             bm, bn, warps = (int(x) for x in blk.split("x"))
-            for name, k in ft.compile_for(a.arch, d, bm, bn, warps, a.dtype).items():
+            try:
+                kernels = ft.compile_for(a.arch, d, bm, bn, warps, a.dtype)
+            except Exception as e:        # e.g. ptxas: too few registers per thread at 16 warps
+                reason = next((ln for ln in str(e).splitlines() if "fatal" in ln), str(e).splitlines()[0])
+                rows.append({"dim": d, "block_m": bm, "block_n": bn, "num_warps": warps, "error": reason})
+                print(f"| forward + backward | {d} | {bm} x {bn} | {warps} | compile error: {reason[:90]} |||||")
+                continue
+            for name, k in kernels.items():
                 row = {"kernel": name, "dim": d, "block_m": bm, "block_n": bn, "num_warps": warps, "dtype": a.dtype,
                        "arch": a.arch, "shared_bytes": k.metadata.shared, **ptxas_usage(k.asm["ptx"], a.arch)}
                 row["fits"] = row["shared_bytes"] <= SMEM_LIMIT.get(a.arch, 232448)
