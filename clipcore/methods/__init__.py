@@ -92,3 +92,16 @@ def method_config(module, options: dict):
 
 def trainable_parameters(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def load_init(cfg, device, why: str) -> tuple[torch.nn.Module, object, dict, dict]:
+    """The pretrained model a method starts from (``--init``) -> (model, tokenizer, checkpoint, data_kw), data_kw
+    the ``clipcore.data.load_dataset`` keywords that fit its image tower. ``why``: the error when --init is missing."""
+    from clipcore.checkpoint import load_model
+    if not cfg.init:
+        raise ValueError(why)
+    model, tokenizer, ckpt = load_model(cfg.init, device)
+    vis = model.cfg.vision
+    return model, tokenizer, ckpt, dict(image_size=vis.image_size, in_channels=vis.in_channels, seed=cfg.seed,
+                                        skip_bad=cfg.skip_bad)
+

@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from clipcore.losses import contrastive_loss
+from clipcore.methods import Task, load_init
 from clipcore.methods.arf_data import Pairs, random_word_captions, read_captions, read_pool  # noqa: F401 (re-exported)
 
 MODES = ("ft", "lpft", "flyp", "arf")
@@ -231,7 +232,6 @@ def arf_task(theta0: nn.Module, tokenizer, finetune: Pairs, mcfg: Config, *, bat
     """The finetuning Task of ``mcfg.mode`` from theta0 (left untouched) on ``finetune`` (labelled images,
     classnames, and for L_TCA its captions) and, for L_ITA, ``pool`` (images + captions)."""
     from clipcore.data import EpochBatchSampler
-    from clipcore.methods import Task
     if mcfg.mode not in MODES:
         raise ValueError(f"--arf-mode {mcfg.mode!r}: choose one of {MODES}")
     if finetune.classnames is None or finetune.labels is None or bool((finetune.labels < 0).any()):
@@ -399,14 +399,10 @@ def build(cfg, mcfg: Config, device: torch.device):
     """``python -m clipcore.train --method arf``: theta0 from --init, finetune set from --train-data (labelled
     CSV or class folders; default: the embedded animal-mnist train split), --arf-captions, --arf-pool.
     Evaluates ID accuracy on --val-data (or the default's val/test splits) with a WiSE-FT alpha sweep."""
-    from clipcore.checkpoint import load_model
     from clipcore.data import load_dataset
-    if not cfg.init:
-        raise ValueError("--method arf finetunes a pretrained model: pass --init CHECKPOINT (theta0, e.g. a "
-                         "checkpoint written by python -m clipcore.train)")
-    theta0, tokenizer, ckpt = load_model(cfg.init, device)
-    vis = theta0.cfg.vision
-    kw = dict(image_size=vis.image_size, in_channels=vis.in_channels, seed=cfg.seed, skip_bad=cfg.skip_bad)
+    theta0, tokenizer, ckpt, kw = load_init(
+        cfg, device, "--method arf finetunes a pretrained model: pass --init CHECKPOINT (theta0, e.g. a "
+                     "checkpoint written by python -m clipcore.train)")
     ds = load_dataset(cfg.train_data, "train", **kw)
     captions = None
     if mcfg.captions:

@@ -32,7 +32,7 @@ from torch import Tensor, nn
 
 from clipcore.losses import contrastive_loss
 from clipcore.memory import MemoryBank, build_memory
-from clipcore.methods import Task
+from clipcore.methods import Task, load_init
 from clipcore.models import Block, _init_transformer, num_params
 
 MODES = ("uni", "cross")
@@ -305,16 +305,12 @@ def describe_params(model: RECO) -> str:
 def build(cfg, mcfg: Config, device: torch.device) -> Task:
     """``python -m clipcore.train --method reco --init <base checkpoint>``: frozen base, memory (a saved bank or
     the base's embeddings of the training split), RECO trained on the training split, evaluated on val/test."""
-    from clipcore.checkpoint import load_model
     from clipcore.data import load_dataset
     from clipcore.evaluate import encode_images, evaluate_model
 
-    if not cfg.init:
-        raise ValueError("--method reco needs --init <checkpoint of the frozen base CLIP>; train one first with "
-                         "`python -m clipcore.train --epochs 8 --name base` and pass logs/base/checkpoints/latest.pt")
-    base, tokenizer, ckpt = load_model(cfg.init, device)
-    vis = base.cfg.vision
-    data_kw = dict(image_size=vis.image_size, in_channels=vis.in_channels, seed=cfg.seed, skip_bad=cfg.skip_bad)
+    base, tokenizer, ckpt, data_kw = load_init(
+        cfg, device, "--method reco needs --init <checkpoint of the frozen base CLIP>; train one first with "
+                     "`python -m clipcore.train --epochs 8 --name base` and pass logs/base/checkpoints/latest.pt")
     train_ds = load_dataset(cfg.train_data, "train", **data_kw)
     splits = {}
     if cfg.val_data or not cfg.train_data:
