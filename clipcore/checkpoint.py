@@ -82,10 +82,10 @@ def load_model(path: str | os.PathLike, device: str = "cpu") -> tuple[CLIP, obje
     ckpt = load(path)
     if ckpt.get("method") == "grain":
         from clipcore.methods.grain import load_grain
-        return load_grain(path, device)
+        return load_grain(path, device, ckpt=ckpt)
     if ckpt.get("method") == "reco":
         from clipcore.methods.reco import load_reco
-        return (*load_reco(path, device=device), ckpt)
+        return (*load_reco(path, device=device, ckpt=ckpt), ckpt)
     state = ckpt["model"]
     prefix = ckpt.get("model_prefix")   # methods that wrap the CLIP (e.g. ARF's "clip.") say where it sits
     if prefix:

@@ -337,9 +337,10 @@ def _load_test(path: Path, image_size: int) -> tuple[Tensor, Tensor, Tensor]:
     return ds.all_images(), ds.labels, torch.tensor(parts, dtype=torch.float32)
 
 
-def load_grain(path: str, device="cpu") -> tuple[GrainModel, object, dict]:
-    """A GRAIN checkpoint of clipcore.train -> (model in eval mode, tokenizer, the checkpoint dict)."""
-    ckpt = ckpt_io.load(path)
+def load_grain(path: str, device="cpu", ckpt: dict | None = None) -> tuple[GrainModel, object, dict]:
+    """A GRAIN checkpoint of clipcore.train -> (model in eval mode, tokenizer, the checkpoint dict); ``ckpt``: the
+    checkpoint already read from ``path`` (not read again)."""
+    ckpt = ckpt if ckpt is not None else ckpt_io.load(path)
     cfg = config_from_dict(ckpt["model_config"])
     model = GrainModel(cfg, Config(**ckpt["grain_config"]))
     model.load_state_dict(ckpt["model"])

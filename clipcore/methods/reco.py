@@ -350,15 +350,17 @@ def build(cfg, mcfg: Config, device: torch.device) -> Task:
                      describe=describe, held_out=f"test split, {len(splits['test'])} images" if "test" in splits else "val data")
 
 
-def load_reco(path: str, memory: MemoryBank | str | None = None, device: str | torch.device = "cpu"):
+def load_reco(path: str, memory: MemoryBank | str | None = None, device: str | torch.device = "cpu",
+              ckpt: dict | None = None):
     """A checkpoint of ``--method reco`` -> (RECO in eval mode, tokenizer). The memory is not in the checkpoint:
     pass a bank or a path; by default the saved ``memory`` option, else the base's embeddings of the training
-    split recorded in the checkpoint's train_config (recomputed)."""
+    split recorded in the checkpoint's train_config (recomputed). ``ckpt``: the checkpoint already read from
+    ``path`` (not read again)."""
     from clipcore.checkpoint import load, tokenizer_for
     from clipcore.data import load_dataset
     from clipcore.models import CLIP, config_from_dict
 
-    ckpt = load(path)
+    ckpt = ckpt if ckpt is not None else load(path)
     if "reco_config" not in ckpt:
         raise ValueError(f"{path} is not a --method reco checkpoint (no reco_config); load CLIPs with "
                          "clipcore.checkpoint.load_model")
