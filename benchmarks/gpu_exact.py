@@ -1,0 +1,83 @@
+"""The fused loss on a real device: loss and gradients of every kernel against the materialised loss in fp64.
+
+    python benchmarks/gpu_exact.py --device cuda --json exact_cuda.json     # part of benchmarks/gpu_check.sh
+    python benchmarks/gpu_exact.py --device cpu                             # the same checks, CPU kernels
+
+tests/test_fused.py checks the torch tiles on CPU and tests/test_fused_triton.py the Triton kernels under the
+interpreter; this script is the check that the compiled code of a real GPU computes the same numbers. Each case
+compares the loss, d/dimage, d/dtext and d/dlogit_scale with the materialised loss evaluated in fp64, as a max
+absolute error over max |reference| per tensor. Limits: fp32 1e-5 (as the CPU tests), bf16 3e-2 (inputs rounded
+to bf16, fp32 accumulation). It prints a table and exits 1 if any case is over its limit.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from clipcore.fused import fused_contrastive_loss  # noqa: E402
+from clipcore.losses import contrastive_loss  # noqa: E402
+
+LIMIT = {torch.float32: 1e-5, torch.bfloat16: 3e-2}
+CASES = [  # (batch, dim, logit scale, labels: number of classes or None, regulariser lambda)
+    (1, 512, 100.0, None, 0.0), (1000, 512, 100.0, None, 0.0), (4097, 512, 14.3, None, 0.0),
+    (4097, 512, 100.0, 7, 0.0), (3000, 256, 20.0, None, 0.1), (16384, 512, 100.0, None, 0.0),
+]
+
+
+def loss_and_grads(fn, x, y, s, **kw):
+    x, y, s = (t.detach().clone().requires_grad_(True) for t in (x, y, s))
+    loss = fn(x, y, s, **kw)
+    loss.backward()
+    return [loss.detach(), x.grad, y.grad, s.grad]
+
+
+def rel_err(got, ref) -> float:
+    return max(float((g.double() - r).abs().max() / r.abs().max().clamp_min(1e-30)) for g, r in zip(got, ref))
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--kernels", default="torch,triton", help="fused kernels to check (triton: CUDA only)")
+    p.add_argument("--dtypes", default="fp32,bf16")
+    p.add_argument("--json", type=Path, default=None)
+    a = p.parse_args(argv)
+    dev = torch.device(a.device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        p.error("--device cuda: no CUDA device is visible to torch (torch.cuda.is_available() is False)")
+    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
+    rows, bad = [], 0
+    for b, d, scale, n_cls, lam in CASES:
+        g = torch.Generator(device="cpu").manual_seed(b)
+        x = torch.nn.functional.normalize(torch.randn(b, d, generator=g, dtype=torch.float64), dim=-1).to(dev)
+        y = torch.nn.functional.normalize(torch.randn(b, d, generator=g, dtype=torch.float64), dim=-1).to(dev)
+        s = torch.tensor(scale, dtype=torch.float64, device=dev)
+        kw = dict(labels=None if n_cls is None else torch.arange(b, device=dev) % n_cls, reg_lambda=lam)
+        ref = loss_and_grads(contrastive_loss, x, y, s, **kw)
+        for kernel in a.kernels.split(","):
+            if kernel == "triton" and dev.type != "cuda":
+                continue
+            for name in a.dtypes.split(","):
+                dt = dtypes[name]
+                got = loss_and_grads(fused_contrastive_loss, x.to(dt), y.to(dt), s.float(), kernel=kernel, **kw)
+                err = rel_err(got, ref)
+                ok = err <= LIMIT[dt]
+                bad += not ok
+                rows.append(dict(batch=b, dim=d, scale=scale, labels=n_cls, reg_lambda=lam, kernel=kernel, dtype=name,
+                                 rel_err=err, limit=LIMIT[dt], ok=ok, device=str(dev)))
+                print(f"B={b:>6} d={d} scale={scale:>5} labels={str(n_cls):>4} reg={lam} {kernel:>6} {name}: "
+                      f"rel err {err:.2e} (limit {LIMIT[dt]:.0e}) {'ok' if ok else 'OVER'}", flush=True)
+    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
+    print(f"{len(rows) - bad} of {len(rows)} cases within their limit on {name}")
+    if a.json:
+        a.json.write_text(json.dumps({"device_name": name, "torch": torch.__version__, "rows": rows}, indent=1) + "\n")
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
