@@ -54,8 +54,11 @@ def find_root() -> Path:
 
 ROOT = find_root()
 RESULTS = ROOT / "experiments" / "results"
-RECS = {r["id"]: r for r in (json.loads(f.read_text()) for f in sorted(RESULTS.glob("RECO-*.json")))}
-print(f"{len(RECS)} RECO claims in {RESULTS}")
+RECS = {}
+for folder in (RESULTS, RESULTS / "full"):        # the paper tier, where it has run, replaces the quick tier
+    for f in sorted(folder.glob("RECO-*.json")):
+        RECS[f.stem] = json.loads(f.read_text()) | {"_dir": folder}
+print(f"{len(RECS)} RECO claims in {RESULTS} ({sum(r['tier'] == 'full' for r in RECS.values())} at the paper tier)")
 
 
 def show(obj) -> None:
@@ -78,7 +81,7 @@ def show_claim(claim_id: str) -> None:
     print(f"{rec['id']}  [{rec['verdict'].upper()}]  ({rec['tier']} tier, seeds {rec['seeds']})\n"
           f"  claim:      {rec['claim']}\n  prediction: {rec['prediction']}\n  threshold:  {rec['threshold']}\n"
           f"  measured:   {rec['measured_text']}" + (f"\n  note:       {rec['note']}" if rec.get("note") else ""))
-    path = RESULTS / (rec.get("figure") or "")
+    path = rec["_dir"] / (rec.get("figure") or "")
     if path.is_file():
         img = mpimg.imread(path)
         fig, ax = plt.subplots(figsize=(img.shape[1] / 100, img.shape[0] / 100))

@@ -53,8 +53,11 @@ def find_results() -> Path:
 
 
 RESULTS = find_results()
-RECS = {r["id"]: r for r in (json.loads(f.read_text()) for f in sorted(RESULTS.glob("THY-*.json")))}
-print(f"{len(RECS)} theory claims in {RESULTS}")
+RECS = {}
+for folder in (RESULTS, RESULTS / "full"):        # the paper tier, where it has run, replaces the quick tier
+    for f in sorted(folder.glob("THY-*.json")):
+        RECS[f.stem] = json.loads(f.read_text()) | {"_dir": folder}
+print(f"{len(RECS)} theory claims in {RESULTS} ({sum(r['tier'] == 'full' for r in RECS.values())} at the paper tier)")
 
 
 def show(obj) -> None:
@@ -71,7 +74,7 @@ def show(obj) -> None:
 
 def show_figure(rec: dict) -> None:
     """The claim's seaborn figure (results/<id>.png), as a picture."""
-    path = RESULTS / (rec.get("figure") or f"{rec['id']}.png")
+    path = rec["_dir"] / (rec.get("figure") or f"{rec['id']}.png")
     if not path.is_file():
         print(f"(no figure at {path})")
         return
