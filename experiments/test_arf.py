@@ -1,11 +1,13 @@
-"""ARF-1 ... ARF-6 (papers/arf.md section 7) on the multi-domain world of theory/arfworld.py.
+"""ARF-1 ... ARF-8 (papers/arf.md section 7; ARF-3x, ARF-7, ARF-8 project checks) on the world of theory/arfworld.py.
 
 Per seed: a stage-0 CLIP (MLP image tower on 16 px renderings, 1-layer text transformer, word tokenizer) is
 pretrained from scratch on rich captions of all classes in all domains and frozen as theta0; then every method
 finetunes theta0 on the ID classes' photos (class prompts only) through ``clipcore.train.train`` with the same
 data, steps and seed: FT, LP-FT, FLYP, ARF, ARF-TCA, ARF-ITA and the controls. Metrics (top-1, %): ID (photo,
 ID classes), shift (mean of sketch and painting, ID classes), ZS (the never-finetuned classes, mean over the three
-domains, scored against prompts of the finetuned text tower). Seeds run in parallel processes (spawn, 1 thread).
+domains, scored against prompts of the finetuned text tower). A method listed in POOL_OPTIONS retrieves its anchors
+from its own pool, drawn with those world options (arf.md 6: pool_domains, pool_exclude_zs); the others share one.
+Seeds run in parallel processes (spawn, 1 thread).
 
     pytest experiments/test_arf.py                  # quick tier: 3 seeds
     CLIPCORE_FULL=1 pytest experiments/test_arf.py  # paper tier: 5 seeds, more data and steps
@@ -22,7 +24,8 @@ import numpy as np
 import pytest
 import torch
 
-from experiments.common import FULL, conclude, mean_ci, save_result, savefig, seeds, tier
+from experiments import arf_figures
+from experiments.common import conclude, mean_ci, save_result, seeds, tier, verdict_from_ci
 
 SEEDS = seeds(3, 5)
 EPOCHS0 = tier(5, 12)             # stage-0 pretraining epochs: short, so that theta0 leaves room on the ID task
@@ -51,7 +54,19 @@ THRESHOLDS = {   # pre-registered (arf.md section 7), written before the first r
     # a project ablation of the retrieval query, its threshold written before it was run
     "ARF-7": "paired shift gain of ARF with name-only class queries ('{}') over ARF with the photo prompt as query: "
              "95% CI > 0: holds; CI < 0: fails; else inconclusive. Anchor make-up reported for both",
+    # added 2026-11-29 with the pool options of arf.md 6, thresholds written before either was run
+    "ARF-3x": "paired ZS(ARF, pool_exclude_zs) - ZS(ARF): 95% CI inside (-3, +3) points: holds (leakage does not "
+              "matter); CI wholly outside: fails (leakage or its absence matters); else inconclusive. ZS drops from "
+              "theta0 of both and of FLYP reported as in ARF-3",
+    "ARF-8": "paired shift of ARF with name-only query '{}' (all-domain pool) minus the same with "
+             "pool_domains=('photo',): 95% CI > 0: holds; CI < 0: fails; else inconclusive. Anchors' other-domain "
+             "fraction reported for both",
 }
+POOL_OPTIONS = {   # methods whose anchors come from their own pool: ArfWorldConfig overrides (arf.md 6)
+    "ARF, pool without ZS classes": {"pool_exclude_zs": True},
+    "ARF, name-only query, photo-only pool": {"pool_domains": ("photo",)},
+}
+ANCHOR_METHODS = ("ARF", "ARF, name-only query", *POOL_OPTIONS)   # anchor make-up kept for these
 
 
 # ----------------------------------------------------------------------------- one seed
@@ -70,6 +85,8 @@ def _methods() -> dict:
            "ctrl: random pool": Config(mode="arf", retrieval="random"),
            "ARF, name-only query": Config(mode="arf", query_template="{}")}
     out.update({f"ctrl: L2-SP {b:g}": Config(mode="flyp", l2sp=b) for b in L2SP_BETAS})
+    out.update({"ARF, pool without ZS classes": Config(mode="arf"),                    # pools: POOL_OPTIONS
+                "ARF, name-only query, photo-only pool": Config(mode="arf", query_template="{}")})
     return out
 
 
@@ -127,8 +144,18 @@ def run_seed(seed: int) -> dict:
     id_names = [w.classnames[c] for c in w.id_classes]
     remap = {int(c): i for i, c in enumerate(w.id_classes)}
     finetune = arf.Pairs(xf, w.captioner(yf, df), torch.tensor([remap[int(c)] for c in yf]), id_names)
-    xp, yp, dp = w.draw("pool")
-    pool = arf.Pairs(xp, w.rich_captions(yp, dp, "pool"))
+    pools = {}
+
+    def pool_of(name: str):
+        """The method's pool -> (Pairs, labels, domain ids): the shared one, or one drawn with its POOL_OPTIONS."""
+        opts = POOL_OPTIONS.get(name, {})
+        key = tuple(sorted(opts.items()))
+        if key not in pools:
+            wp = ArfWorld(dataclasses.replace(w.cfg, **opts), seed) if opts else w   # same seed: same classes
+            xp, yp, dp = wp.draw("pool")
+            pools[key] = (arf.Pairs(xp, wp.rich_captions(yp, dp, "pool")), yp, dp)
+        return pools[key]
+
     tests = {}
     for dom in DOMAINS:
         x, y, _ = w.draw("test", dom, w.id_classes)
@@ -151,6 +178,7 @@ def run_seed(seed: int) -> dict:
     wise = {}
     anchors = {}
     for name, mcfg in _methods().items():
+        pool, yp, dp = pool_of(name)
         task = arf.arf_task(theta0, tok, finetune, mcfg, batch_size=BATCH, seed=seed, device=torch.device("cpu"),
                             pool=pool)
         with tempfile.TemporaryDirectory() as logs, contextlib.redirect_stdout(io.StringIO()):
@@ -159,7 +187,7 @@ def run_seed(seed: int) -> dict:
         rows[name] = metrics(task.model, head)
         if name in ("FLYP", "ARF"):
             wise[name] = {a: metrics(arf.wise_model(task, a), head) for a in ALPHAS}
-        if task.anchors is not None and name in ("ARF", "ARF, name-only query"):
+        if task.anchors is not None and name in ANCHOR_METHODS:
             cls = task.anchors["cls"]
             anchors[name] = {"n": len(cls), "pool_rows": int(len(pool)),
                        "frac_id_class": float(np.mean([int(yp[r]) in remap for r in task.anchors["rows"].tolist()])),
@@ -199,6 +227,12 @@ def _ci_text(ci, unit=" pt") -> str:
     return f"{ci['mean']:+.2f} ± {ci['half']:.2f}{unit}"
 
 
+def _scatter_methods(runs) -> list[str]:
+    """ARF-1's figure: every method but the pool variants and the L2-SP betas after the first."""
+    return [m for m in runs[0]["rows"] if m not in POOL_OPTIONS and
+            (not m.startswith("ctrl: L2-SP") or m == f"ctrl: L2-SP {L2SP_BETAS[0]:g}")]
+
+
 def test_arf1_id_parity(runs):
     g = mean_ci(_gain(runs, "ARF", "FLYP", "ID"))
     verdict = "holds" if g["lo"] > -1 and g["hi"] < 1 else ("fails" if g["hi"] <= -1 or g["lo"] >= 1 else "inconclusive")
@@ -207,7 +241,8 @@ def test_arf1_id_parity(runs):
                   prediction="|ID(ARF) - ID(FLYP)| <= 1 point", measured=g, verdict=verdict,
                   text=f"ID(ARF) - ID(FLYP) = {_ci_text(g)} (ARF {np.mean(_vals(runs, 'ARF', 'ID')):.1f}, FLYP "
                        f"{np.mean(_vals(runs, 'FLYP', 'ID')):.1f}, theta0 {t0['mean']:.1f}; n={g['n']})",
-                  note="All methods (means over seeds): " + _table(runs), figure=_figure(runs))
+                  note="All methods (means over seeds): " + _table(runs),
+                  figure=arf_figures.scatter(runs, _scatter_methods(runs)))
     conclude(rec)
 
 
@@ -226,17 +261,27 @@ def test_arf2_shift(runs):
     conclude(rec)
 
 
-def test_arf3_zero_shot_retention(runs):
-    drop = {m: mean_ci([r["rows"]["theta0"]["ZS"] - r["rows"][m]["ZS"] for r in runs]) for m in ("ARF", "FLYP", "FT")}
-    g = mean_ci(_gain(runs, "ARF", "FLYP", "ZS"))
+def _zs_drops(runs, methods) -> dict:
+    return {m: mean_ci([r["rows"]["theta0"]["ZS"] - r["rows"][m]["ZS"] for r in runs]) for m in methods}
+
+
+def _arf3(runs, m: str = "ARF"):
+    """ARF-3's rule for method m -> (ZS drops from theta0 of m, FLYP, FT; ZS(m) - ZS(FLYP); verdict)."""
+    drop = _zs_drops(runs, (m, "FLYP", "FT"))
+    g = mean_ci(_gain(runs, m, "FLYP", "ZS"))
     if drop["FLYP"]["lo"] <= 0:
         verdict = "inconclusive"
-    elif drop["ARF"]["mean"] >= drop["FLYP"]["mean"]:
+    elif drop[m]["mean"] >= drop["FLYP"]["mean"]:
         verdict = "fails"
-    elif drop["ARF"]["hi"] < min(drop["FLYP"]["lo"], drop["FT"]["lo"]) and g["mean"] >= 5:
+    elif drop[m]["hi"] < min(drop["FLYP"]["lo"], drop["FT"]["lo"]) and g["mean"] >= 5:
         verdict = "holds"
     else:
         verdict = "inconclusive"
+    return drop, g, verdict
+
+
+def test_arf3_zero_shot_retention(runs):
+    drop, g, verdict = _arf3(runs)
     rec = _record("ARF-3", runs, claim="ARF keeps zero-shot accuracy on never-finetuned classes closer to theta0 than FT and FLYP",
                   prediction="drop(ARF) < drop(FLYP), drop(FT) with non-overlapping CIs; ZS(ARF) >= ZS(FLYP) + 5",
                   measured=g, verdict=verdict,
@@ -299,16 +344,22 @@ def test_arf6_wise(runs):
     rec = _record("ARF-6", runs, claim="WiSE-FT composes with ARF: ARF+WiSE >= FLYP+WiSE on the shift average",
                   prediction="for every alpha ARF_alpha >= FLYP_alpha on shift and ZS; some alpha < 1 beats ARF alone",
                   measured=diffs[0.5]["shift"], verdict=verdict, text=text,
-                  details={"diffs": diffs, "ood": ood, "wise": [r["wise"] for r in runs]}, figure=_wise_figure(runs))
+                  details={"diffs": diffs, "ood": ood, "wise": [r["wise"] for r in runs]},
+                  figure=arf_figures.wise_curves(runs, ALPHAS))
     conclude(rec)
+
+
+def _anchor_makeup(runs, methods) -> dict:
+    """Mean over seeds of the anchors' count, ID-class fraction and other-domain (not photo) fraction per method."""
+    return {m: {k: float(np.mean([r["anchors"][m][k] for r in runs])) for k in ("n", "frac_id_class", "frac_other_domain")}
+            for m in methods}
 
 
 def test_arf7_query_domain(runs):
     g = mean_ci(_gain(runs, "ARF, name-only query", "ARF", "shift"))
     z = mean_ci(_gain(runs, "ARF, name-only query", "ARF", "ZS"))
     verdict = "holds" if g["lo"] > 0 else ("fails" if g["hi"] < 0 else "inconclusive")
-    make = {m: {k: float(np.mean([r["anchors"][m][k] for r in runs])) for k in ("n", "frac_id_class", "frac_other_domain")}
-            for m in ("ARF", "ARF, name-only query")}
+    make = _anchor_makeup(runs, ("ARF", "ARF, name-only query"))
     f = mean_ci(_gain(runs, "ARF, name-only query", "FLYP", "shift"))
     text = (f"shift gain {_ci_text(g)} (ZS {_ci_text(z)}); vs FLYP: shift {_ci_text(f)}; anchors from other domains: "
             f"photo-prompt query {100 * make['ARF']['frac_other_domain']:.0f}%, name-only "
@@ -320,32 +371,55 @@ def test_arf7_query_domain(runs):
     conclude(rec)
 
 
-# ----------------------------------------------------------------------------- figures
-def _figure(runs) -> str:
-    """Effective-robustness scatter: ID vs shift and ID vs ZS, one point per method and seed."""
-    import matplotlib.pyplot as plt
-    import pandas as pd
-    import seaborn as sns
-    df = pd.DataFrame([{"method": m, "seed": r["seed"], **v} for r in runs for m, v in r["rows"].items()
-                       if not m.startswith("ctrl: L2-SP") or m == f"ctrl: L2-SP {L2SP_BETAS[0]:g}"])
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.4))
-    for ax, y in zip(axes, ("shift", "ZS")):
-        sns.scatterplot(data=df, x="ID", y=y, hue="method", style="method", s=60, ax=ax, legend=ax is axes[1])
-        ax.set(xlabel="ID accuracy (%)", ylabel=f"{y} accuracy (%)")
-    axes[1].legend(bbox_to_anchor=(1.02, 1), loc="upper left", fontsize=8)
-    fig.suptitle(f"ARF world: ID vs OOD after finetuning ({len(runs)} seeds)")
-    return savefig(fig, "ARF-1")
+def test_arf3x_zero_shot_without_zs_pool(runs):
+    v = "ARF, pool without ZS classes"
+    g = mean_ci(_gain(runs, v, "ARF", "ZS"))
+    verdict = verdict_from_ci(g, -3, 3)
+    drop = _zs_drops(runs, (v, "ARF", "FLYP"))
+    _, vs_flyp, arf3_rule = _arf3(runs, v)
+    make = _anchor_makeup(runs, ("ARF", v))
+    zs_anchors = 100 * (1 - make["ARF"]["frac_id_class"])
+    text = (f"ZS(ARF, pool without ZS) - ZS(ARF) = {_ci_text(g)} (n={g['n']}); ZS drop from theta0 "
+            f"({np.mean(_vals(runs, 'theta0', 'ZS')):.1f}): pool without ZS {_ci_text(drop[v])}, ARF "
+            f"{_ci_text(drop['ARF'])}, FLYP {_ci_text(drop['FLYP'])}; ZS(pool without ZS) - ZS(FLYP) = "
+            f"{_ci_text(vs_flyp)}; ARF-3's rule with this pool: {arf3_rule}")
+    reading = {"holds": "Leaving the zero-shot classes out of the pool moves ARF's ZS accuracy by less than 3 points "
+                        "either way: what ARF-3 measures is not leakage of the held-out classes through the anchors",
+               "fails": "Leaving the zero-shot classes out of the pool moves ARF's ZS accuracy by more than 3 points: "
+                        "ARF-3's ZS number depends on the held-out classes being in the pool",
+               "inconclusive": "The paired CI is too wide either to rule out or to show a 3-point effect of the "
+                               "held-out classes in the pool"}[verdict]
+    rec = _record("ARF-3x", runs, claim="ARF-3 repeated with pool_exclude_zs (arf.md 6 pool options, 7 ARF-3): "
+                  "ARF's zero-shot accuracy does not come from held-out classes leaking in through the pool",
+                  prediction="|ZS(ARF, pool without ZS classes) - ZS(ARF)| < 3 points (paired 95% CI)",
+                  measured=g, verdict=verdict, text=text,
+                  details={"drop": drop, "vs_flyp": vs_flyp, "arf3_rule_verdict": arf3_rule, "anchors": make},
+                  note=f"{reading}. Plain ARF's anchors held {zs_anchors:.1f}% zero-shot-class pairs (retrieval "
+                       f"by ID-class queries)" + (", so there was little to leak." if zs_anchors < 5 else "."))
+    conclude(rec)
 
 
-def _wise_figure(runs) -> str:
-    import matplotlib.pyplot as plt
-    import pandas as pd
-    import seaborn as sns
-    df = pd.DataFrame([{"method": m, "alpha": a, "seed": r["seed"], **r["wise"][m][a]}
-                       for r in runs for m in ("FLYP", "ARF") for a in ALPHAS])
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
-    for ax, y in zip(axes, ("ID", "shift", "ZS")):
-        sns.lineplot(data=df, x="alpha", y=y, hue="method", marker="o", errorbar=("ci", 95), ax=ax)
-        ax.set(xlabel="WiSE-FT alpha (0 = theta0, 1 = finetuned)", ylabel=f"{y} (%)")
-    fig.suptitle("WiSE-FT curves, FLYP vs ARF")
-    return savefig(fig, "ARF-6")
+def test_arf8_pool_domains(runs):
+    a, b = "ARF, name-only query", "ARF, name-only query, photo-only pool"
+    g = mean_ci(_gain(runs, a, b, "shift"))
+    verdict = "holds" if g["lo"] > 0 else ("fails" if g["hi"] < 0 else "inconclusive")
+    per = {d: mean_ci(_gain(runs, a, b, f"id/{d}")) for d in ("sketch", "painting")}
+    z = mean_ci(_gain(runs, a, b, "ZS"))
+    photo = {m: mean_ci(_gain(runs, m, "ARF", "shift")) for m in (a, b)}   # each over ARF with the photo query
+    make = _anchor_makeup(runs, ("ARF", a, b))
+    text = (f"shift(all-domain pool) - shift(photo-only pool) = {_ci_text(g)} (sketch {_ci_text(per['sketch'])}, "
+            f"painting {_ci_text(per['painting'])}; ZS {_ci_text(z)}; n={g['n']}); anchors from other domains: "
+            f"all-domain pool {100 * make[a]['frac_other_domain']:.0f}%, photo-only pool "
+            f"{100 * make[b]['frac_other_domain']:.0f}%")
+    reading = {"holds": "The name-only query's shift gain needs other-domain renderings in the pool",
+               "fails": "The photo-only pool does better under shift: other-domain renderings are not what helps",
+               "inconclusive": "The paired CI includes 0: this run cannot say whether the name-only query's shift "
+                               "gain needs other-domain renderings"}[verdict]
+    rec = _record("ARF-8", runs, claim="project ablation (arf.md 6 pool option pool_domains): the name-only query's "
+                  "shift gain (ARF-7) comes from other-domain renderings in the pool",
+                  prediction="shift(ARF, query '{}', all-domain pool) > shift(ARF, query '{}', photo-only pool)",
+                  measured=g, verdict=verdict, text=text,
+                  details={"per_domain": per, "zs_gain": z, "vs_arf_shift": photo, "anchors": make},
+                  note=f"{reading}. Shift over ARF (photo-prompt query): all-domain pool "
+                       f"{_ci_text(photo[a])}, photo-only pool {_ci_text(photo[b])}.")
+    conclude(rec)

@@ -10,7 +10,8 @@ Texts come from generators whose content is known:
 
 Splits (whole sibling groups, so a zero-shot class never has an ID sibling): ID classes are finetuned on photos
 with prompts only; the shift test is the ID classes as sketches and paintings; the zero-shot test is the other
-classes in all domains. Stage-0 corpus and pool are disjoint draws over all classes and domains.
+classes in all domains. Stage-0 corpus and pool are disjoint draws over all classes and domains; the pool options
+``pool_domains`` and ``pool_exclude_zs`` (arf.md 6) narrow the pool's draw, keeping its size.
 
     w = ArfWorld(ArfWorldConfig(), seed=0)
     x, y, d = w.draw("pretrain")           # images (N, 3, S, S) float in [-1, 1], labels (N,), domain ids (N,)
@@ -37,6 +38,24 @@ class ArfWorldConfig:
     n_test: int = 15                 # test images per class and domain
     attr_dropout: float = 0.2        # a mentioned part loses its colour or pattern word
     attr_error: float = 0.05         # a mentioned attribute is replaced by a wrong one
+    pool_domains: tuple[str, ...] | None = None  # pool domains (None: all): do shift gains need other-domain pairs?
+    pool_exclude_zs: bool = False    # pool without zero-shot classes: is ARF-3's retention leakage from the pool?
+
+    def __post_init__(self):
+        doms = self.pool_domains
+        if doms is not None:
+            if isinstance(doms, str) or not isinstance(doms, (tuple, list)):
+                raise ValueError(f"pool_domains={doms!r}: pass a tuple of domain names, e.g. ('photo',), "
+                                 "or None for all")
+            if len(doms) == 0:
+                raise ValueError(f"pool_domains=(): an empty pool; pass None for all domains or some of {DOMAINS}")
+            bad = [d for d in doms if d not in DOMAINS]
+            if bad or len(set(doms)) != len(doms):
+                why = f"unknown {bad}" if bad else "a repeated name"
+                raise ValueError(f"pool_domains={tuple(doms)!r}: {why}; choose distinct names from {DOMAINS}")
+            object.__setattr__(self, "pool_domains", tuple(doms))
+        if not isinstance(self.pool_exclude_zs, (bool, np.bool_)):
+            raise ValueError(f"pool_exclude_zs={self.pool_exclude_zs!r}: pass True or False")
 
 
 SPLIT_IDS = {"pretrain": 11, "pool": 12, "finetune": 13, "test": 14}
@@ -61,14 +80,18 @@ class ArfWorld:
     def draw(self, split: str, domain: str | None = None, classes: np.ndarray | None = None):
         """Images of one split -> (images (N, 3, S, S) float in [-1, 1], labels (N,), domain ids (N,)).
 
-        pretrain/pool: uniform over all classes and domains; finetune: ID classes, photo, n_finetune each;
-        test: ``classes`` (default all) x n_test in ``domain``."""
+        pretrain/pool: uniform over all classes and domains (the pool only over ``cfg.pool_domains`` and, with
+        ``cfg.pool_exclude_zs``, the ID classes; same size, and the default options give the same pool); finetune:
+        ID classes, photo, n_finetune each; test: ``classes`` (default all) x n_test in ``domain``."""
         cfg = self.cfg
         rng = np.random.default_rng([self.seed, SPLIT_IDS[split], DOMAINS.index(domain) if domain else 9])
         if split in ("pretrain", "pool"):
             n = cfg.n_pretrain if split == "pretrain" else cfg.n_pool
-            labels = rng.integers(len(self.classnames), size=n)
-            doms = rng.integers(len(DOMAINS), size=n)
+            cls, dom = np.arange(len(self.classnames)), np.arange(len(DOMAINS))
+            if split == "pool":
+                cls, dom = self._pool_support()
+            labels = cls[rng.integers(len(cls), size=n)]   # all classes/domains: the plain integers draw, unchanged
+            doms = dom[rng.integers(len(dom), size=n)]
         else:
             classes = self.id_classes if split == "finetune" else (np.arange(len(self.classnames)) if classes is None else classes)
             labels = np.repeat(classes, cfg.n_finetune if split == "finetune" else cfg.n_test)
@@ -79,6 +102,17 @@ class ArfWorld:
             images[at] = self.parts.render(labels[at], rng, DOMAINS[d])[0]
         x = torch.from_numpy(images).permute(0, 3, 1, 2).float().div(127.5).sub(1)
         return x, torch.from_numpy(labels).long(), torch.from_numpy(doms).long()
+
+    def _pool_support(self) -> tuple[np.ndarray, np.ndarray]:
+        """(classes, domain ids) the pool is drawn over, from the options pool_exclude_zs and pool_domains."""
+        cfg = self.cfg
+        cls = self.id_classes if cfg.pool_exclude_zs else np.arange(len(self.classnames))
+        if len(cls) == 0:
+            raise ValueError(f"pool_exclude_zs=True with id_groups={cfg.id_groups}: no class is left for the pool; "
+                             "set id_groups > 0 or pool_exclude_zs=False")
+        dom = np.arange(len(DOMAINS)) if cfg.pool_domains is None else \
+            np.array([DOMAINS.index(d) for d in cfg.pool_domains])
+        return cls, dom
 
     def _describe(self, c: int, rng: np.random.Generator) -> str:
         """1-3 of the class's parts, with attribute dropout and errors."""
