@@ -22,6 +22,7 @@ import math
 import random
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -234,6 +235,9 @@ def train(cfg: TrainConfig, task: Task | None = None) -> dict:
                              "(e.g. --model tiny-vit) or --accum-freq 1")
     runner = distributed.wrap(model, dd)
     total = steps_per_epoch * cfg.epochs
+    if cfg.warmup >= total and main:            # the lr would never reach --lr, and the cosine would never start
+        warnings.warn(f"--warmup {cfg.warmup} >= the run's {total} steps ({cfg.epochs} epochs x {steps_per_epoch}): "
+                      f"the learning rate never reaches --lr {cfg.lr:g}; pass a smaller --warmup", stacklevel=2)
     # fused=True: one kernel over all parameters (3x faster than the per-tensor default on CPU, measured)
     opt = torch.optim.AdamW(param_groups(model, cfg.wd), lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6, fused=True)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(cfg.warmup, total))

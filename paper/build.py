@@ -19,7 +19,8 @@ The source is Markdown with placeholders, each resolved from a JSON file:
     {{overview}}                                       the verdict grid of every claim at both tiers (seaborn)
     {{count:holds}}  {{count:all:THY}}                 how many claims (of a prefix) have that verdict / results
 
-Every claim with a result must appear in some table (nothing is left out quietly), and an unknown claim, a missing
+A small path language rather than a template engine such as Jinja2: a placeholder stays short enough to read
+inside a sentence, and every error names the source line that asked for it. Every claim with a result must appear in some table (nothing is left out quietly), and an unknown claim, a missing
 key or a changed verdict stops the build with the source line that asked for it.
 """
 from __future__ import annotations

@@ -133,6 +133,11 @@ def test_warmup_cosine_schedule():
     assert f(60) == pytest.approx(0.5) and f(110) == pytest.approx(0.0, abs=1e-12)
 
 
+def test_warmup_longer_than_the_run_warns(tmp_path):
+    with pytest.warns(UserWarning, match=r"--warmup 1000 >= the run's \d+ steps"):
+        train(TrainConfig(logs=str(tmp_path), max_steps=1, **(FAST | {"warmup": 1000})))
+
+
 def test_param_groups_exclude_gains_biases_and_scale():
     from clipcore.models import build_model
     groups = train_mod.param_groups(build_model("tiny-vit"), 0.1)
