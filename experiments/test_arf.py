@@ -10,7 +10,8 @@ from its own pool, drawn with those world options (arf.md 6: pool_domains, pool_
 Seeds run in parallel processes (spawn, 1 thread).
 
     pytest experiments/test_arf.py                  # quick tier: 3 seeds
-    CLIPCORE_FULL=1 pytest experiments/test_arf.py  # paper tier: 5 seeds, more data and steps
+    CLIPCORE_FULL=1 pytest experiments/test_arf.py  # paper tier: 5 seeds at arf.md 6's scale (200 classes,
+                                                    # 100 ID, 50 photos each, 20k pool), 12 stage-0 epochs
 """
 from __future__ import annotations
 
@@ -72,8 +73,10 @@ ANCHOR_METHODS = ("ARF", "ARF, name-only query", *POOL_OPTIONS)   # anchor make-
 # ----------------------------------------------------------------------------- one seed
 def _world_cfg():
     from theory.arfworld import ArfWorldConfig
-    return tier(ArfWorldConfig(), ArfWorldConfig(n_groups=20, id_groups=10, n_pretrain=24000, n_pool=6000,
-                                                 n_finetune=40, n_test=20))
+    # paper tier at arf.md 6's scale: 50 groups of 4 = 200 classes, C_ID = 25 groups = 100 classes, 50 labelled
+    # photos per ID class, a 20k pool; stage 0 keeps the 300 pairs per class of the earlier 80-class tier (60k)
+    return tier(ArfWorldConfig(), ArfWorldConfig(n_groups=50, id_groups=25, n_pretrain=60000, n_pool=20000,
+                                                 n_finetune=50, n_test=20))
 
 
 def _methods() -> dict:
