@@ -222,7 +222,7 @@ def test_cli_trains_on_a_written_partworld(tmp_path):
     write_world([str(tmp_path / "pw"), "--n-train", "48", "--n-test-per-class", "1"])
     cfg = parse_args(["--method", "grain", "--model", "grain-xs", "--train-data", str(tmp_path / "pw" / "annotations.jsonl"),
                       "--batch-size", "16", "--epochs", "1", "--grain-decoder-width", "32", "--grain-decoder-layers", "1",
-                      "--grain-decoder-ffn", "64", "--logs", str(tmp_path / "logs"), "--device", "cpu"])
+                      "--grain-decoder-ffn", "64", "--warmup", "1", "--logs", str(tmp_path / "logs"), "--device", "cpu"])
     out = train(cfg)
     assert out["run_dir"].endswith("grain_annotations_s0")
     assert 0 <= out["novel/name+desc/acc"] <= 1 and 0 <= out["grounding/box_iou50"] <= 1   # the held-out metrics
