@@ -73,7 +73,10 @@ def test_figures_are_copied_and_numbered(tmp_path):
     (res / "X-1.png").write_bytes(b"png")
     src = tmp_path / "src.md"
     src.write_text("{{overview}}\n{{table:X}}\n{{figure:X-1|a caption}}")
+    (tmp_path / "fig").mkdir()
+    (tmp_path / "fig" / "stale.png").write_bytes(b"old")
     out = build.Builder(res, figdir=tmp_path / "fig", root=tmp_path).build(src)
+    assert not (tmp_path / "fig" / "stale.png").exists()
     assert "*Figure 2. X-1 (quick tier, holds): a caption*" in out
     assert (tmp_path / "fig" / "X-1.png").read_bytes() == b"png" and (tmp_path / "fig" / "overview.png").is_file()
 
