@@ -165,8 +165,8 @@ class Builder:
 
     # tables and figures
     def best(self) -> dict[str, dict]:
-        return {cid: self.claims["full"].get(cid) or self.claims["quick"][cid]
-                for cid in set(self.claims["quick"]) | set(self.claims["full"])}
+        """Every claim's record at the tier record() prefers (the paper tier where it ran)."""
+        return {cid: self.record(cid, "best") for cid in set(self.claims["quick"]) | set(self.claims["full"])}
 
     def table(self, prefix: str, full: bool) -> str:
         recs = sorted((r for cid, r in self.best().items() if cid.startswith(prefix)), key=lambda r: claim_key(r["id"]))
@@ -242,7 +242,7 @@ class Builder:
         self.written.add("overview.png")
         plt.close(fig)
         self.figures += 1
-        return ("![verdicts](figures/overview.png)\n\n*Figure 1. The verdict of every claim at the quick tier (3 "
+        return (f"![verdicts](figures/overview.png)\n\n*Figure {self.figures}. The verdict of every claim at the quick tier (3 "
                 "seeds, run by `pytest`) and the paper tier (5 seeds, larger worlds).*")
 
     # the document
