@@ -30,6 +30,8 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
+from .errors import UserError
+
 ASSET = Path(__file__).parent / "assets" / "animal_mnist.npz"   # see assets/ANIMAL_MNIST_LICENSE.txt
 CLASSNAMES: tuple[str, ...] = ("bear", "bird", "cat", "cow", "dog", "elephant", "giraffe", "horse", "sheep", "zebra")
 # The animal-mnist images are white silhouettes on black (zebras keep grey stripes), so no template says "black".
@@ -52,7 +54,7 @@ CACHE_BYTES = 256 * 2**20   # pre-resize in-memory images when the float copy fi
 CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """Bad data or arguments; the message names the file, row (or argument) and how to fix it."""
 
 
