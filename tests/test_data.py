@@ -193,13 +193,22 @@ def test_error_missing_image(tmp_path):
         load_dataset(str(tmp_path / "d.csv"))
 
 
-def test_error_unreadable_image_at_load_time(tmp_path):
+def test_error_unreadable_image_at_build_time(tmp_path):
     png(tmp_path / "x.png")
     (tmp_path / "bad.png").write_bytes(b"this is not a png")
     (tmp_path / "d.csv").write_text("filepath,caption\nx.png,ok\nbad.png,hi\n")
+    with pytest.raises(DataError, match=r"d\.csv data row 2 \(line 3\): .*bad\.png is not a readable image.*--skip-bad"):
+        load_dataset(str(tmp_path / "d.csv"))
+
+
+def test_error_image_damaged_after_build_names_row(tmp_path):
+    png(tmp_path / "x.png")
+    png(tmp_path / "y.png")
+    (tmp_path / "d.csv").write_text("filepath,caption\nx.png,ok\ny.png,hi\n")
     ds = load_dataset(str(tmp_path / "d.csv"))
+    (tmp_path / "y.png").write_bytes(b"damaged since")
     ds[0]
-    with pytest.raises(DataError, match=r"d\.csv data row 2 \(line 3\): cannot read image .*bad\.png.*skip_bad=True"):
+    with pytest.raises(DataError, match=r"d\.csv data row 2 \(line 3\): cannot decode image .*y\.png.*replace or remove"):
         ds.__getitems__([0, 1])
 
 
