@@ -523,9 +523,9 @@ class EpochBatchSampler(torch.utils.data.Sampler[list[int]]):
     def __init__(self, n: int, batch_size: int, *, seed: int, epoch: int = 0, start_batch: int = 0,
                  shuffle: bool = True, drop_last: bool = True, rank: int = 0, world_size: int = 1) -> None:
         if batch_size < 1:
-            raise DataError(f"batch_size={batch_size!r}: use a positive batch size.")
+            raise DataError(f"--batch-size {batch_size!r}: use a positive batch size.")
         if batch_size % world_size or not 0 <= rank < world_size:
-            raise DataError(f"batch_size={batch_size} (the global batch) must be a multiple of the {world_size} "
+            raise DataError(f"--batch-size {batch_size} (the global batch) must be a multiple of the {world_size} "
                             f"processes (rank {rank}); change --batch-size or --nproc_per_node.")
         self.n, self.batch_size, self.seed, self.epoch = n, batch_size, seed, epoch
         self.start_batch, self.shuffle, self.drop_last = start_batch, shuffle, drop_last

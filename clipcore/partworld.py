@@ -31,6 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
+from clipcore.errors import UserError, cli
+
 SHAPES = ("circle", "square", "triangle", "bar")
 COLOURS = {"red": (0.9, 0.1, 0.1), "green": (0.1, 0.7, 0.15), "blue": (0.1, 0.25, 0.95), "yellow": (0.95, 0.9, 0.1),
            "purple": (0.55, 0.1, 0.75), "orange": (1.0, 0.55, 0.0), "cyan": (0.1, 0.85, 0.9), "pink": (1.0, 0.5, 0.75)}
@@ -308,6 +310,7 @@ class PartWorld:
         return root / "annotations.jsonl"
 
 
+@cli
 def main(argv: list[str] | None = None) -> None:
     import argparse
     p = argparse.ArgumentParser(prog="python -m clipcore.partworld",
@@ -319,8 +322,18 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--image-size", type=int, default=PartWorldConfig.image_size)
     p.add_argument("--domain", choices=DOMAINS, default="photo")
     a = p.parse_args(argv)
+    for flag, value, least in (("--n-train", a.n_train, 1), ("--n-test-per-class", a.n_test_per_class, 1),
+                               ("--image-size", a.image_size, 8)):
+        if value < least:
+            raise UserError(f"{flag} {value}: use at least {least}"
+                            f"{' (smaller images cannot show the parts and their patterns)' if least > 1 else ''}")
+    if Path(a.out).exists() and not Path(a.out).is_dir():
+        raise UserError(f"{a.out} is a file; give a folder to write the world into")
     cfg = PartWorldConfig(n_train=a.n_train, n_test_per_class=a.n_test_per_class, image_size=a.image_size)
-    path = PartWorld(cfg, seed=a.seed).write(a.out, domain=a.domain)
+    try:
+        path = PartWorld(cfg, seed=a.seed).write(a.out, domain=a.domain)
+    except OSError as e:   # a folder that cannot be created or written (permissions, full disk, a file in the way)
+        raise UserError(f"cannot write the world into {a.out}: {e}") from e
     print(f"wrote {path} ({a.n_train} training images) and {Path(a.out) / 'test.jsonl'}")
 
 

@@ -6,7 +6,11 @@
 A shard is a tar of samples ``<key>.{jpg,png,webp}`` + ``<key>.txt`` (caption), optionally ``<key>.cls``
 (integer label) and ``<key>.json``, read with the webdataset library as open_clip does. ``sizes.json`` beside
 the shards ({shard file name: samples}, open_clip's convention) gives the epoch length without reading the data;
-the writer creates it and ``python -m clipcore.shards count 'shards/{00000..00099}.tar'`` rebuilds it.
+the writer creates it. ``python -m clipcore.shards count 'shards/{00000..00099}.tar'`` reads the shards, prints
+each one's count beside sizes.json's and adds the shards sizes.json lacks; it changes a listed count, or records a
+damaged (truncated) shard's, only with ``--write``. While training, every shard read to its end is checked
+against sizes.json: a shard holding fewer or more samples (truncated, or a wrong sizes.json) gets a warning
+naming it, as does a worker whose shards run out before the batches sizes.json promised.
 
 Order and resume. The shards are dealt to (rank, worker) slots once: shard s goes to slot s mod (W * workers).
 Each epoch a slot reads its shards in an order drawn from (seed, epoch, slot) and mixes samples in a shuffle
@@ -37,6 +41,7 @@ import torch
 from PIL import Image
 
 from clipcore.data import CLIP_MEAN, CLIP_STD, DataError, collate, load_dataset, preprocess
+from clipcore.errors import cli
 
 IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
 SHUFFLE_BUFFER = 1000  # samples mixed across a slot's shards (open_clip: 1000 per worker after shard shuffle)
@@ -65,6 +70,7 @@ class ShardSource:
         self.sizes = self._sizes()
         self.num_samples = sum(self.sizes)
         self.skipped = 0   # bad samples met in this process (workers report theirs in warnings)
+        self.miscounted: dict[str, int] = {}   # shard -> samples read, where that differs from sizes.json
 
     def _sizes(self) -> list[int]:
         missing = [s for s in self.shards if not Path(s).is_file()]
@@ -74,7 +80,7 @@ class ShardSource:
         found: dict[str, int] = {}
         for folder in {Path(s).parent for s in self.shards}:
             if (folder / "sizes.json").is_file():
-                found.update({str(folder / k): v for k, v in json.loads((folder / "sizes.json").read_text()).items()})
+                found.update({str(folder / k): v for k, v in read_sizes(folder / "sizes.json").items()})
         unknown = [s for s in self.shards if str(Path(s)) not in found]
         if unknown:
             raise DataError(f"{unknown[0]}: not listed in a sizes.json beside it, so the epoch length is unknown; "
@@ -111,12 +117,42 @@ class ShardSource:
 
         urls = [self.shards[i] for i in shard_ids]
         raw = wds.tarfile_to_samples(handler=self._bad_shard)({"url": u} for u in urls)
+        raw = self._counted(raw, [(self.shards[i], self.sizes[i]) for i in shard_ids])
         for n, sample in enumerate(wds.shuffle(self.shuffle_buffer, self.shuffle_buffer, rng=rng)(raw)):
             if n < skip:
                 continue
             item = self._decode(sample)
             if item is not None:
                 yield item
+
+    def _counted(self, raw, listed: list[tuple[str, int]]):
+        """Pass the raw samples of shards ``listed`` ((url, size in sizes.json), in reading order) through,
+        warning about each shard that, read to its end, holds fewer samples, or that goes past its listed size."""
+        pos, n = 0, 0            # the shard being read (index into listed) and its samples so far
+        for sample in raw:
+            url = sample.get("__url__")
+            while pos < len(listed) and listed[pos][0] != url:   # shards before this one are complete
+                self._check_count(*listed[pos], n)
+                pos, n = pos + 1, 0
+            n += 1
+            if pos < len(listed) and n == listed[pos][1] + 1:
+                self._check_count(*listed[pos], n)
+            yield sample
+        for url, size in listed[pos:]:
+            self._check_count(url, size, n)
+            n = 0
+
+    def _check_count(self, url: str, listed: int, n: int) -> None:
+        if n == listed or url in self.miscounted:
+            return
+        self.miscounted[url] = n
+        if n < listed:
+            what = (f"{n} samples, but sizes.json beside it lists {listed}: the shard is truncated or sizes.json is "
+                    "wrong, so this epoch is shorter than announced")
+        else:   # called as soon as the count passes the listed one
+            what = (f"more than the {listed} samples sizes.json beside it lists: sizes.json is wrong, so the epoch "
+                    "length leaves out samples the data hold")
+        warnings.warn(f"{url}: {what}. Compare with: python -m clipcore.shards count '{url}'", stacklevel=2)
 
     def _decode(self, s: dict):
         where = f"{s.get('__url__')} sample {s.get('__key__')}"
@@ -169,6 +205,9 @@ class _Stream(torch.utils.data.IterableDataset):
                 batch, done = [], done + 1
                 if done == self.per_slot:
                     return
+        warnings.warn(f"epoch {self.epoch}: the shards of rank {self.rank} worker {w} ran out after {done} of the "
+                      f"{self.per_slot} batches sizes.json promised (truncated shards or a wrong sizes.json, named "
+                      "in the warnings above); this epoch ends early", stacklevel=2)
 
 
 # ----------------------------------------------------------------------------- writing
@@ -214,20 +253,77 @@ def _image_bytes(path: Path, image_format: str) -> dict[str, bytes]:
     return {key: buf.getvalue()}
 
 
-def count_shards(urls: str) -> dict[str, int]:
-    """Count the samples of each shard (reads them) and write sizes.json beside them."""
+def read_sizes(path: Path) -> dict[str, int]:
+    """A sizes.json file -> {shard file name: samples}; DataError naming the file and the fix when malformed."""
+    fix = f"fix it, or rebuild it with: python -m clipcore.shards count '{path.parent}/<shard pattern>' --write"
+    try:
+        table = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise DataError(f"{path}: not valid JSON ({e}); {fix}") from e
+    if not isinstance(table, dict):
+        raise DataError(f"{path}: expected a JSON object {{\"<shard>.tar\": samples}}, got {type(table).__name__}; {fix}")
+    bad = [k for k, v in table.items() if type(v) is not int or v < 0]
+    if bad:
+        raise DataError(f"{path}: {bad[0]!r} has {table[bad[0]]!r} samples; each value must be a count >= 0; {fix}")
+    return table
+
+
+def _count_shard(path: str) -> tuple[int, str | None]:
+    """-> samples in the shard as the reader sees them, and what is wrong with the file (None when whole)."""
     import webdataset as wds
 
-    sizes: dict[Path, dict[str, int]] = {}
-    for u in expand(urls):
-        n = sum(1 for _ in wds.tarfile_to_samples()([{"url": u}]))
-        sizes.setdefault(Path(u).parent, {})[Path(u).name] = n
-    for folder, table in sizes.items():
-        old = json.loads((folder / "sizes.json").read_text()) if (folder / "sizes.json").is_file() else {}
-        (folder / "sizes.json").write_text(json.dumps({**old, **table}, indent=1))
-    return {str(f / k): v for f, t in sizes.items() for k, v in t.items()}
+    errors: list[Exception] = []
+    n = sum(1 for _ in wds.tarfile_to_samples(handler=lambda e: errors.append(e) or False)([{"url": path}]))
+    if errors:
+        return n, f"unreadable after {n} samples ({type(errors[0]).__name__}: {errors[0]})"
+    with open(path, "rb") as f:           # a tar ends with two zero blocks; a file cut at a member boundary
+        f.seek(0, 2)                     # reads without error, but lacks them
+        f.seek(max(0, f.tell() - 1024))
+        tail = f.read()
+        if len(tail) < 1024 or tail.strip(b"\0"):
+            return n, "truncated: no end-of-archive marker (the file was cut short)"
+    return n, None
 
 
+def count_shards(urls: str, *, overwrite: bool = False) -> list[dict]:
+    """Count the samples of each shard (reads them all) and compare with the sizes.json beside it.
+
+    -> one row per shard: {"shard": path, "counted": n, "listed": n in sizes.json or None, "problem": None or
+    what is wrong with the file (truncated, unreadable)}. Shards that sizes.json does not list and that read
+    cleanly are added to it; a listed count that differs, or a damaged shard, is written only when overwrite
+    (``--write``) is set, so a truncated shard never silently shortens the epoch (a malformed sizes.json is
+    then replaced too).
+    """
+    paths = expand(urls)
+    missing = [u for u in paths if not Path(u).is_file()]
+    if missing:
+        raise DataError(f"{len(missing)} of {len(paths)} shards not found (first: {missing[0]}); check the pattern, "
+                        "e.g. 'shards/{00000..00099}.tar'")
+    tables: dict[Path, dict[str, int]] = {}
+    for folder in {Path(u).parent for u in paths}:
+        try:
+            tables[folder] = read_sizes(folder / "sizes.json") if (folder / "sizes.json").is_file() else {}
+        except DataError:
+            if not overwrite:
+                raise
+            tables[folder] = {}
+    rows, changed = [], set()
+    for u in paths:
+        folder, name = Path(u).parent, Path(u).name
+        n, problem = _count_shard(u)
+        listed = tables[folder].get(name)
+        rows.append({"shard": u, "counted": n, "listed": listed, "problem": problem})
+        if (listed is None and problem is None) or (overwrite and listed != n):
+            tables[folder][name] = n
+            changed.add(folder)
+    if overwrite:
+        changed |= set(tables)
+    for folder in changed:
+        (folder / "sizes.json").write_text(json.dumps(tables[folder], indent=1))
+    return rows
+
+
+@cli
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m clipcore.shards", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -237,16 +333,32 @@ def main(argv: list[str] | None = None) -> None:
     w.add_argument("--per-shard", type=int, default=1000)
     w.add_argument("--image-format", default="png", choices=("png", "jpg", "webp"),
                    help="for images not already png/jpg/webp")
-    c = sub.add_parser("count", help="(re)write sizes.json for existing shards")
+    c = sub.add_parser("count", help="count the samples of existing shards, compare with sizes.json and add "
+                                     "the shards it lacks")
     c.add_argument("urls")
+    c.add_argument("--write", action="store_true",
+                   help="also overwrite listed counts that differ and record damaged shards' counts")
     a = p.parse_args(argv)
     if a.cmd == "write":
+        if a.per_shard < 1:
+            raise DataError(f"--per-shard {a.per_shard}: use a positive number of samples per shard")
         paths = write_shards(a.source, a.out, a.per_shard, image_format=a.image_format)
         pattern = Path(a.out) / ("{00000..%05d}.tar" % (len(paths) - 1))
         print(f"wrote {len(paths)} shards: --train-data '{pattern}' --dataset-type webdataset")
-    else:
-        sizes = count_shards(a.urls)
-        print(f"{len(sizes)} shards, {sum(sizes.values())} samples", file=sys.stderr)
+        return
+    rows = count_shards(a.urls, overwrite=a.write)
+    width = max(len(r["shard"]) for r in rows)
+    print(f"{'shard':<{width}}  {'listed':>7}  {'counted':>7}  {'diff':>6}  problem")
+    for r in rows:
+        listed = "-" if r["listed"] is None else r["listed"]
+        diff = "" if r["listed"] is None else f"{r['counted'] - r['listed']:+d}"
+        print(f"{r['shard']:<{width}}  {listed:>7}  {r['counted']:>7}  {diff:>6}  {r['problem'] or ''}")
+    bad = [r for r in rows if r["problem"] or (r["listed"] is not None and r["listed"] != r["counted"])]
+    print(f"{len(rows)} shards, {sum(r['counted'] for r in rows)} samples", file=sys.stderr)
+    if bad and not a.write:
+        raise DataError(f"{len(bad)} of {len(rows)} shards are damaged or disagree with sizes.json (first: "
+                        f"{bad[0]['shard']}, see the table); sizes.json keeps its entries for them. Rewrite damaged "
+                        "shards (python -m clipcore.shards write), or pass --write to record the counts read.")
 
 
 if __name__ == "__main__":

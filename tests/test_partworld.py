@@ -1,5 +1,7 @@
 """PartWorld (clipcore.partworld): determinism, class structure, novel split, annotations, domains, files on disk."""
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -89,3 +91,14 @@ def test_write_roundtrips_through_the_loader(tmp_path):
     assert len(test) == 16 and all(len(r["parts"]) == 3 and "label" in r for r in test)
     table = json.loads((tmp_path / "classes.json").read_text())
     assert [c["name"] for c in table["classes"]] == w.classnames and table["templates"]
+
+
+@pytest.mark.parametrize("args", [["out", "--n-train", "0"], ["out", "--image-size", "3"], ["a_file"]])
+def test_cli_user_errors_are_one_line_without_traceback(args, tmp_path):
+    (tmp_path / "a_file").write_text("")
+    p = subprocess.run([sys.executable, "-m", "clipcore.partworld", *args], capture_output=True, text=True,
+                       cwd=tmp_path, timeout=120)
+    assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("clipcore.partworld: error: "), p.stderr
+    assert not (tmp_path / "out").exists()

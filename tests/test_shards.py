@@ -1,6 +1,8 @@
 """webdataset shards: writer round trip, rank/worker split, exact resume position, bad samples, training."""
 import io
 import json
+import subprocess
+import sys
 import tarfile
 
 import numpy as np
@@ -8,7 +10,7 @@ import pytest
 from PIL import Image
 
 from clipcore.data import DataError
-from clipcore.shards import ShardSource, main as shards_main
+from clipcore.shards import ShardSource, count_shards, main as shards_main
 from clipcore.tokenizer import build_tokenizer
 from clipcore.train import TrainConfig, train
 
@@ -84,7 +86,7 @@ def test_corrupt_sample_is_counted_skipped_and_named(shards, tmp_path):
     bad.mkdir()
     for k in range(8):
         (bad / f"{k:05d}.tar").write_bytes((shards / f"{k:05d}.tar").read_bytes())
-    (bad / "sizes.json").write_text((shards / "sizes.json").read_text())
+    (bad / "sizes.json").write_text((shards / "sizes.json").read_text().replace('"00003.tar": 6', '"00003.tar": 7'))
     with tarfile.open(bad / "00003.tar", "a") as t:          # one more sample, its image is garbage
         for name, data in (("zzz.png", b"not a png"), ("zzz.txt", b"a broken picture")):
             info = tarfile.TarInfo(name)
@@ -112,3 +114,76 @@ def test_train_on_shards_resumes_exactly(shards, tmp_path):
     train(TrainConfig(logs=str(tmp_path), name="b", max_steps=4, **cfg))
     rest = train(TrainConfig(logs=str(tmp_path), name="b", resume="latest", **cfg))
     assert full["steps"] == 12 and rest["losses"] == full["losses"][4:]
+
+
+# ----------------------------------------------------------------------------- sample counts and sizes.json
+def _copy(shards, folder, sizes=None):
+    folder.mkdir()
+    for k in range(8):
+        (folder / f"{k:05d}.tar").write_bytes((shards / f"{k:05d}.tar").read_bytes())
+    (folder / "sizes.json").write_text(sizes if sizes is not None else (shards / "sizes.json").read_text())
+    return folder
+
+
+def _cut_after(path, samples):
+    """Truncate a shard at the tar member boundary after its first ``samples`` samples (3 members each): tar
+    reads such a file without an error, so nothing but the sample count shows the loss."""
+    with tarfile.open(path) as t:
+        last = t.getmembers()[3 * samples - 1]
+    end = last.offset_data + -(-last.size // 512) * 512
+    path.write_bytes(path.read_bytes()[:end])
+
+
+def test_truncated_shard_and_wrong_sizes_are_named_while_training(shards, tmp_path):
+    cut = _copy(shards, tmp_path / "cut")
+    _cut_after(cut / "00003.tar", 3)
+    src = ShardSource(_pattern(cut), image_size=8, shuffle_buffer=1)
+    with pytest.warns(UserWarning) as rec:
+        batches = list(src.loader(build_tokenizer("bpe", 16), 6))
+    text = [str(w.message) for w in rec]
+    assert any(m.startswith(f"{cut / '00003.tar'}: 3 samples, but sizes.json beside it lists 6") for m in text), text
+    assert any("ran out after 7 of the 8 batches" in m for m in text), text
+    assert len(batches) == 7 and src.miscounted == {str(cut / "00003.tar"): 3}
+    low = _copy(shards, tmp_path / "low", json.dumps({f"{k:05d}.tar": 5 if k == 2 else 6 for k in range(8)}))
+    src = ShardSource(_pattern(low), image_size=8, shuffle_buffer=1)
+    with pytest.warns(UserWarning, match=r"00002\.tar: more than the 5 samples sizes.json beside it lists"):
+        list(src.loader(build_tokenizer("bpe", 16), 6))
+
+
+def test_count_reports_truncation_and_overwrites_only_with_write(shards, tmp_path, capsys):
+    cut = _copy(shards, tmp_path / "cut")
+    _cut_after(cut / "00003.tar", 3)
+    before = (cut / "sizes.json").read_text()
+    with pytest.raises(SystemExit) as e:
+        shards_main(["count", _pattern(cut)])
+    out, err = capsys.readouterr()
+    assert e.value.code == 2 and (cut / "sizes.json").read_text() == before          # not rewritten
+    row = next(line for line in out.splitlines() if "00003.tar" in line).split()
+    assert row[1:5] == ["6", "3", "-3", "truncated:"] and "no end-of-archive marker" in out
+    assert "1 of 8 shards are damaged or disagree with sizes.json" in err and "--write" in err
+    assert all(line.split()[1:4] == ["6", "6", "+0"] for line in out.splitlines()[1:] if "00003" not in line)
+    shards_main(["count", _pattern(cut), "--write"])
+    assert json.loads((cut / "sizes.json").read_text())["00003.tar"] == 3
+
+
+def test_malformed_sizes_json_is_a_data_error(shards, tmp_path):
+    for text, why in (("{'00000.tar': 6,}", "not valid JSON"), ("[6, 6]", "expected a JSON object"),
+                      ('{"00000.tar": "6"}', "'00000.tar' has '6' samples")):
+        folder = tmp_path / f"m{len(why)}"
+        folder.mkdir()
+        (folder / "00000.tar").write_bytes((shards / "00000.tar").read_bytes())
+        (folder / "sizes.json").write_text(text)
+        with pytest.raises(DataError, match=rf"sizes\.json: {why}.*clipcore\.shards count .*--write"):
+            ShardSource(str(folder / "00000.tar"), image_size=8)
+        with pytest.raises(DataError, match=why):
+            count_shards(str(folder / "00000.tar"))
+        shards_main(["count", str(folder / "00000.tar"), "--write"])              # replaces the broken file
+        assert ShardSource(str(folder / "00000.tar"), image_size=8).num_samples == PER_SHARD
+
+
+@pytest.mark.parametrize("argv", [["clipcore.shards", "count", "no/such/{00000..00001}.tar"],
+                                  ["clipcore.shards", "write", "--from", "no/such.csv", "--out", "x"]])
+def test_cli_user_errors_are_one_line_without_traceback(argv, tmp_path):
+    p = subprocess.run([sys.executable, "-m", *argv], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr
+    assert len(p.stderr.strip().splitlines()) == 1 and p.stderr.startswith(f"{argv[0]}: error: "), p.stderr
