@@ -31,6 +31,12 @@ except ImportError:  # pragma: no cover
 _NUM_MERGES = 49152 - 256 - 2
 # contractions, letter runs, single digits, runs of other non-space characters (CLIP's pre-tokeniser)
 _PRETOKEN = regex.compile(r"'s|'t|'re|'ve|'m|'ll|'d|\p{L}+|\p{N}|[^\s\p{L}\p{N}]+", regex.IGNORECASE)
+# BPE costs time superlinear in a word's length (100k characters without a space: minutes), and a row keeps only
+# context_length - 2 ids. So a long word is merged on a prefix of WORD_PREFIX, 2 WORD_PREFIX, ... characters
+# until the prefix yields PREFIX_MARGIN ids more than the row still needs; merges can differ only near the cut,
+# which the margin keeps out of the row (checked against whole-word BPE on random long words in the tests).
+WORD_PREFIX = 64
+PREFIX_MARGIN = 8
 
 
 def clean_text(text: str) -> str:
@@ -139,14 +145,31 @@ class BPETokenizer:
             parts = merged
         return tuple(self.token_to_id[p] for p in parts)
 
-    def encode(self, text: str) -> list[int]:
-        """Clean and tokenise one text; no sot/eot, no truncation."""
+    def _word_ids(self, word: str, need: int | None) -> tuple[int, ...]:
+        """BPE ids of one pre-token (byte symbols); with ``need``, its first ``need`` ids, merged on the shortest
+        prefix (WORD_PREFIX, doubled) that yields PREFIX_MARGIN more, so a huge word costs what a short one does."""
+        if need is None or len(word) <= WORD_PREFIX:
+            return self._bpe(word)
+        c = WORD_PREFIX
+        while c < len(word):
+            ids = self._bpe(word[:c])
+            if len(ids) >= need + PREFIX_MARGIN:
+                return ids[:need]
+            c *= 2
+        return self._bpe(word)
+
+    def encode(self, text: str, max_tokens: int | None = None) -> list[int]:
+        """Clean and tokenise one text; no sot/eot. max_tokens: return only the first max_tokens ids, without
+        tokenising the rest (what a row of the context keeps; the time no longer grows with the text)."""
         if not isinstance(text, str):
             raise ValueError(f"encode expects a str, got {type(text).__name__}")
         ids: list[int] = []
-        for piece in _PRETOKEN.findall(clean_text(text)):
-            ids.extend(self._bpe("".join(self._byte_to_char[b] for b in piece.encode("utf-8"))))
-        return ids
+        for m in _PRETOKEN.finditer(clean_text(text)):
+            need = None if max_tokens is None else max_tokens - len(ids)
+            if need is not None and need <= 0:
+                break
+            ids.extend(self._word_ids("".join(self._byte_to_char[b] for b in m.group().encode("utf-8")), need))
+        return ids if max_tokens is None else ids[:max_tokens]
 
     def decode(self, ids: Sequence[int] | torch.Tensor) -> str:
         """Ids -> text (cleaned form: lower-case, punctuation split off by spaces). A leading sot is
@@ -164,7 +187,8 @@ class BPETokenizer:
     def __call__(self, texts: str | Sequence[str]) -> torch.LongTensor:
         """texts -> (N, context_length) LongTensor: [sot] ids [eot] 0..., eot kept last when truncated."""
         texts = _check_texts(texts)
-        return _pack([self.encode(t) for t in texts], self.context_length, self.sot_id, self.eot_id)
+        keep = self.context_length - 2
+        return _pack([self.encode(t, keep) for t in texts], self.context_length, self.sot_id, self.eot_id)
 
     def state_dict(self) -> dict:
         """json-serialisable description (the vocabulary itself comes from open_clip's wheel)."""

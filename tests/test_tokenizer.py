@@ -7,7 +7,7 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from clipcore.tokenizer import (BPETokenizer, WordTokenizer, build_tokenizer, clean_text,
+from clipcore.tokenizer import (BPETokenizer, WordTokenizer, _pack, build_tokenizer, clean_text,
                                 tokenizer_from_state_dict)
 
 PARITY_TEXTS = [
@@ -109,6 +109,45 @@ def test_non_str_input_names_index(bpe):
         WordTokenizer(["a"])([None])
     with pytest.raises(ValueError):
         bpe.encode(b"bytes")
+
+
+def _long_words(n: int, seed: int = 0) -> list[str]:
+    """Captions whose words are long: random letters, repeated motifs, words run together, CJK, Cyrillic."""
+    import random
+    import string
+    rng = random.Random(seed)
+    words = "the quick brown fox jumps over a lazy dog photo of red small house tree river sky".split()
+    kinds = [lambda k: "".join(rng.choice(string.ascii_lowercase) for _ in range(k)),
+             lambda k: ("".join(rng.choice("abcde") for _ in range(rng.randrange(1, 5))) * k)[:k],
+             lambda k: "".join(rng.choice(words) for _ in range(k // 4)),
+             lambda k: "".join(chr(0x4E00 + rng.randrange(3000)) for _ in range(k // 3)),
+             lambda k: "".join(chr(0x430 + rng.randrange(32)) for _ in range(k)),
+             lambda k: " ".join(rng.choice(words) for _ in range(rng.randrange(1, 30))) + " " + "x" * (k // 2)]
+    return [kinds[i % len(kinds)](rng.choice([70, 150, 400])) for i in range(n)]
+
+
+@pytest.mark.parametrize("context_length", [77, 12])
+def test_long_words_give_the_rows_of_whole_word_bpe(bpe, context_length):
+    """Long words are merged on a prefix only (tokenizer.WORD_PREFIX): the row equals the whole word's BPE cut."""
+    tok = bpe if context_length == 77 else BPETokenizer(context_length)
+    texts = _long_words(48, seed=context_length)
+    whole = _pack([tok.encode(t) for t in texts], context_length, tok.sot_id, tok.eot_id)
+    assert torch.equal(tok(texts), whole)
+
+
+def test_huge_caption_without_spaces_tokenises_in_milliseconds(bpe):
+    import random
+    import string
+    import time
+    rng = random.Random(1)
+    texts = ["".join(rng.choice(string.ascii_lowercase) for _ in range(100_000)),
+             "a photo of " + "".join(rng.choice("日本語テキスト") for _ in range(100_000))]
+    t = time.perf_counter()
+    rows = bpe(texts)
+    took = time.perf_counter() - t
+    assert took < 1.0, f"two 100k-character captions took {took:.2f} s (whole-word BPE: minutes)"
+    assert (rows[:, -1] == bpe.eot_id).all() and (rows != 0).all()
+    assert bpe.decode(rows[0]) == texts[0][:len(bpe.decode(rows[0]))]          # a prefix of the caption
 
 
 # ----------------------------------------------------------------------------------------- word level
