@@ -112,7 +112,7 @@ def to_canonical(im: Image.Image, channels: int) -> Image.Image:
                 raise ValueError("float image with NaN or infinite pixel values")
             if a.size and (a.min() < 0 or a.max() > 1):
                 a = _min_max(a)
-        elif mode.startswith("I;16") or (a.size and a.min() >= 0 and a.max() <= 65535):
+        elif (mode.startswith("I;16") and a.dtype.kind == "u") or (a.size and a.min() >= 0 and a.max() <= 65535):
             a = a.astype(np.float32) / 65535.0
         else:
             a = _min_max(a.astype(np.float64))

@@ -37,10 +37,11 @@ import sys
 import warnings
 from pathlib import Path
 
+import numpy as np
 import torch
 from PIL import Image
 
-from clipcore.data import CLIP_MEAN, CLIP_STD, DataError, collate, load_dataset, preprocess
+from clipcore.data import CLIP_MEAN, CLIP_STD, DataError, collate, load_dataset, preprocess, to_canonical
 from clipcore.errors import cli
 
 IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
@@ -217,6 +218,8 @@ def write_shards(source: str, out: str | Path, per_shard: int = 1000, *, image_f
     extension, else re-encoded to ``image_format``; folder data get the caption "a photo of a <class>." and cls."""
     import webdataset as wds
 
+    if per_shard < 1:
+        raise DataError(f"--per-shard {per_shard}: use a positive number of samples per shard")
     ds = load_dataset(source, "all", image_size=1)     # paths, captions, labels; images are read here as bytes
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -241,16 +244,27 @@ def write_shards(source: str, out: str | Path, per_shard: int = 1000, *, image_f
     return paths
 
 
+STORABLE = {"png": ("1", "L", "LA", "P", "RGB", "RGBA", "I;16"), "jpg": ("L", "RGB"), "webp": ("RGB", "RGBA")}
+
+
 def _image_bytes(path: Path, image_format: str) -> dict[str, bytes]:
-    """{extension: bytes}: the file itself when it is jpg/png/webp, else re-encoded to image_format."""
+    """{extension: bytes}: the file itself when it is jpg/png/webp, else re-encoded to image_format.
+
+    Modes the format cannot hold are converted as the reader would (clipcore.data.to_canonical): 16-bit and
+    float images by their range, to 16-bit PNG (8-bit grey for jpg/webp); others to RGB, alpha onto white."""
     ext = path.suffix.lower().lstrip(".")
     if ext in ("jpg", "jpeg", "png", "webp"):
         return {"jpg" if ext == "jpeg" else ext: path.read_bytes()}
-    key = image_format
     buf = io.BytesIO()
     with Image.open(path) as im:
-        im.save(buf, format={"jpg": "JPEG", "png": "PNG", "webp": "WEBP"}[key])
-    return {key: buf.getvalue()}
+        if im.mode not in STORABLE[image_format]:
+            im = to_canonical(im, 3)
+            if im.mode == "F":
+                a = np.asarray(im)
+                im = (Image.fromarray((a * 65535).round().astype(np.uint16)) if image_format == "png"
+                      else Image.fromarray((a * 255).round().astype(np.uint8), "L").convert("RGB"))
+        im.save(buf, format={"jpg": "JPEG", "png": "PNG", "webp": "WEBP"}[image_format])
+    return {image_format: buf.getvalue()}
 
 
 def read_sizes(path: Path) -> dict[str, int]:
@@ -340,8 +354,6 @@ def main(argv: list[str] | None = None) -> None:
                    help="also overwrite listed counts that differ and record damaged shards' counts")
     a = p.parse_args(argv)
     if a.cmd == "write":
-        if a.per_shard < 1:
-            raise DataError(f"--per-shard {a.per_shard}: use a positive number of samples per shard")
         paths = write_shards(a.source, a.out, a.per_shard, image_format=a.image_format)
         pattern = Path(a.out) / ("{00000..%05d}.tar" % (len(paths) - 1))
         print(f"wrote {len(paths)} shards: --train-data '{pattern}' --dataset-type webdataset")

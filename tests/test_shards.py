@@ -6,6 +6,7 @@ import sys
 import tarfile
 
 import numpy as np
+import torch
 import pytest
 from PIL import Image
 
@@ -187,3 +188,23 @@ def test_cli_user_errors_are_one_line_without_traceback(argv, tmp_path):
     p = subprocess.run([sys.executable, "-m", *argv], capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr
     assert len(p.stderr.strip().splitlines()) == 1 and p.stderr.startswith(f"{argv[0]}: error: "), p.stderr
+
+
+def test_writer_keeps_sixteen_bit_and_float_images(tmp_path):
+    """Images re-encoded for a shard keep their values: a 16-bit TIFF stays 16-bit, a float one is rescaled (the
+    PNG writer refuses mode F; WebP silently clipped it to 0/1)."""
+    dark = (np.arange(16 * 16).reshape(16, 16) * 13 % 3000).astype(np.uint16)
+    Image.fromarray(dark).save(tmp_path / "dark.tif")
+    Image.fromarray(np.full((16, 16), 0.75, np.float32)).save(tmp_path / "float.tif")
+    (tmp_path / "d.csv").write_text("filepath,caption\ndark.tif,a dark frame\nfloat.tif,a float frame\n")
+    for fmt, atol in (("png", 1e-4), ("webp", 0.02)):
+        out = tmp_path / fmt
+        shards_main(["write", "--from", str(tmp_path / "d.csv"), "--out", str(out), "--image-format", fmt])
+        src = ShardSource(str(out / "00000.tar"), image_size=16, in_channels=1, shuffle_buffer=1)
+        x = {c: img * 0.5 + 0.5 for img, c, _ in src.samples([0], __import__("random").Random(0), skip=0)}
+        assert torch.allclose(x["a float frame"], torch.full((1, 16, 16), 0.75), atol=atol)
+        want = torch.from_numpy(dark / 65535).float()
+        if fmt == "png":   # 16-bit PNG: exact
+            assert torch.allclose(x["a dark frame"][0], want, atol=atol)
+        else:              # 8-bit lossy WebP: the level survives
+            assert abs(x["a dark frame"].mean() - want.mean()) < 0.01
