@@ -41,7 +41,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from clipcore.data import CLIP_MEAN, CLIP_STD, DataError, collate, load_dataset, preprocess, to_canonical
+from clipcore.data import CLIP_MEAN, CLIP_STD, DataError, collate, load_dataset
+from clipcore.images import preprocess, to_canonical
 from clipcore.errors import cli
 
 IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
@@ -198,6 +199,8 @@ class _Stream(torch.utils.data.IterableDataset):
         rng.shuffle(shard_ids)
         # the DataLoader takes batches from workers 0, 1, ..., W-1, 0, ...: batch k is worker k mod W's (k // W)-th
         done = self.start // self.workers + (w < self.start % self.workers)
+        if done >= self.per_slot:
+            return
         batch = []
         for item in self.src.samples(shard_ids, rng, skip=done * self.local):
             batch.append(item)
@@ -275,7 +278,8 @@ def read_sizes(path: Path) -> dict[str, int]:
     except (ValueError, UnicodeDecodeError) as e:
         raise DataError(f"{path}: not valid JSON ({e}); {fix}") from e
     if not isinstance(table, dict):
-        raise DataError(f"{path}: expected a JSON object {{\"<shard>.tar\": samples}}, got {type(table).__name__}; {fix}")
+        raise DataError(f"{path}: expected a JSON object {{\"<shard>.tar\": samples}}, got "
+                        f"{type(table).__name__}; {fix}")
     bad = [k for k, v in table.items() if type(v) is not int or v < 0]
     if bad:
         raise DataError(f"{path}: {bad[0]!r} has {table[bad[0]]!r} samples; each value must be a count >= 0; {fix}")

@@ -7,7 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
-from clipcore.data import ALPHA_BACKGROUND, DataError, load_dataset, preprocess, to_canonical
+from clipcore.data import DataError, load_dataset
+from clipcore.images import ALPHA_BACKGROUND, preprocess, to_canonical
 
 ZERO, ONE = torch.zeros(3, 1, 1), torch.ones(3, 1, 1)
 ATOL = 1.5 / 255          # PIL's 8-bit colour conversions round to the nearest level (YCbCr, CMYK, composites)
@@ -45,7 +46,8 @@ def test_eight_bit_modes_keep_their_values():
     pal = Image.fromarray(LEVELS.astype(np.uint8), "P")
     pal.putpalette([255, 0, 0, 0, 255, 0, 0, 0, 255, 10, 20, 30])
     x = raw(pal)
-    assert torch.allclose(x[:, 0, 0], torch.tensor([1.0, 0, 0])) and torch.allclose(x[:, 2, 3], torch.tensor([10, 20, 30]) / 255.0)
+    assert torch.allclose(x[:, 0, 0], torch.tensor([1.0, 0, 0]))
+    assert torch.allclose(x[:, 2, 3], torch.tensor([10, 20, 30]) / 255.0)
     cmyk = Image.new("CMYK", (4, 4), (255, 0, 0, 0))            # pure cyan ink
     assert torch.allclose(raw(cmyk), rgb_expected(0, 1, 1), atol=ATOL)
     ycc = Image.new("YCbCr", (4, 4), (128, 128, 128))           # mid grey
@@ -57,7 +59,8 @@ def test_alpha_is_composited_onto_white():
     alpha = np.array([[0, 128, 255, 255]] * 4, np.uint8)       # transparent, half, opaque, opaque
     want = torch.from_numpy(alpha / 255 * (u8 / 255) + (1 - alpha / 255) * WHITE).float()
     la = Image.fromarray(np.stack([u8, alpha], -1), "LA")
-    assert torch.allclose(raw(la, 1)[0], want, atol=ATOL) and torch.allclose(raw(la), want.expand(3, 4, 4), atol=ATOL)
+    assert torch.allclose(raw(la, 1)[0], want, atol=ATOL)
+    assert torch.allclose(raw(la), want.expand(3, 4, 4), atol=ATOL)
     rgba = Image.fromarray(np.stack([u8, u8, u8, alpha], -1), "RGBA")
     assert torch.allclose(raw(rgba), want.expand(3, 4, 4), atol=ATOL)
     assert raw(rgba)[:, 0, 0].tolist() == [WHITE] * 3          # fully transparent black -> background
@@ -73,7 +76,8 @@ def test_sixteen_bit_and_float_modes_use_their_real_range():
     want = ramp(21000 / 65535)
     im16 = Image.fromarray(u16)
     assert im16.mode == "I;16"
-    assert torch.allclose(raw(im16, 1)[0], want, atol=1e-6) and torch.allclose(raw(im16), want.expand(3, 4, 4), atol=1e-6)
+    assert torch.allclose(raw(im16, 1)[0], want, atol=1e-6)
+    assert torch.allclose(raw(im16), want.expand(3, 4, 4), atol=1e-6)
     big = Image.frombytes("I;16B", (4, 4), u16.astype(">u2").tobytes())
     assert torch.allclose(raw(big, 1)[0], want, atol=1e-6)
     as_i = Image.fromarray(u16.astype(np.int32))                 # "I" holding 16-bit data: / 65535
@@ -167,7 +171,7 @@ def test_bad_images_found_when_built_and_skipped_with_skip_bad(tmp_path):
     (tmp_path / "cut.jpg").write_bytes(data[: len(data) // 2])          # a cut-off download: header intact
     (tmp_path / "empty.png").write_bytes(b"")
     (tmp_path / "d.csv").write_text("filepath,caption\nok.jpg,fine\ncut.jpg,cut\nempty.png,empty\nok.jpg,again\n")
-    with pytest.raises(DataError, match=r"data row 2 \(line 3\): .*cut\.jpg is not a readable image.*truncated.*--skip-bad"):
+    with pytest.raises(DataError, match=r"row 2 \(line 3\): .*cut\.jpg is not a readable image.*truncated.*--skip-bad"):
         load_dataset(str(tmp_path / "d.csv"))
     with pytest.warns(UserWarning, match=r"skipped 2 of 4 bad rows"):
         ds = load_dataset(str(tmp_path / "d.csv"), skip_bad=True)
