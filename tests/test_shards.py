@@ -208,3 +208,12 @@ def test_writer_keeps_sixteen_bit_and_float_images(tmp_path):
             assert torch.allclose(x["a dark frame"][0], want, atol=atol)
         else:              # 8-bit lossy WebP: the level survives
             assert abs(x["a dark frame"].mean() - want.mean()) < 0.01
+
+
+def test_resume_at_the_end_of_an_epoch_yields_nothing(shards):
+    """3 ranks: rank 0's slot holds 18 samples but every slot yields the smallest slot's 6 batches of 2; a stream
+    resumed at batch 6 must stop, not read on into rank 0's 3 extra batches."""
+    src = ShardSource(_pattern(shards), image_size=8)
+    tok = build_tokenizer("bpe", 16)
+    assert src.steps_per_epoch(6, 3) == 6 and len(list(src.loader(tok, 6, rank=0, world_size=3))) == 6
+    assert list(src.loader(tok, 6, start_batch=6, rank=0, world_size=3)) == []
