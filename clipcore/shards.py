@@ -8,8 +8,8 @@ A shard is a tar of samples ``<key>.{jpg,png,webp}`` + ``<key>.txt`` (caption), 
 the shards ({shard file name: samples}, open_clip's convention) gives the epoch length without reading the data;
 the writer creates it. ``python -m clipcore.shards count 'shards/{00000..00099}.tar'`` reads the shards, prints
 each one's count beside sizes.json's and adds the shards sizes.json lacks; it changes a listed count, or records a
-damaged (truncated) shard's, only with ``--write``. While training, every shard read to its end is checked
-against sizes.json: a shard holding fewer or more samples (truncated, or a wrong sizes.json) gets a warning
+damaged (truncated) shard's, only with ``--write``. Opening the shards warns about any that is cut short (no
+tar end marker). While training, every shard read to its end is checked against sizes.json: a shard holding fewer or more samples (truncated, or a wrong sizes.json) gets a warning
 naming it, as does a worker whose shards run out before the batches sizes.json promised.
 
 Order and resume. The shards are dealt to (rank, worker) slots once: shard s goes to slot s mod (W * workers).
@@ -71,6 +71,12 @@ class ShardSource:
         self.std = torch.tensor(CLIP_STD if rgb else (0.5,)).view(-1, 1, 1)
         self.sizes = self._sizes()
         self.num_samples = sum(self.sizes)
+        cut = [s for s in self.shards if cut_short(s)]
+        if cut:
+            warnings.warn(f"{len(cut)} of {len(self.shards)} shards are cut short (no end-of-archive marker; first: "
+                          f"{cut[0]}): the samples past the cut are lost and the epoch is shorter than sizes.json "
+                          f"says. Rewrite them; see the counts with: python -m clipcore.shards count '{cut[0]}'",
+                          stacklevel=2)
         self.skipped = 0   # bad samples met in this process (workers report theirs in warnings)
         self.miscounted: dict[str, int] = {}   # shard -> samples read, where that differs from sizes.json
 
@@ -294,13 +300,19 @@ def _count_shard(path: str) -> tuple[int, str | None]:
     n = sum(1 for _ in wds.tarfile_to_samples(handler=lambda e: errors.append(e) or False)([{"url": path}]))
     if errors:
         return n, f"unreadable after {n} samples ({type(errors[0]).__name__}: {errors[0]})"
-    with open(path, "rb") as f:           # a tar ends with two zero blocks; a file cut at a member boundary
-        f.seek(0, 2)                     # reads without error, but lacks them
+    if cut_short(path):
+        return n, "truncated: no end-of-archive marker (the file was cut short)"
+    return n, None
+
+
+def cut_short(path: str) -> bool:
+    """True when a tar file lacks the two zero blocks that end every tar: it was cut short. (A file cut at a
+    member boundary reads without any error; this reads its last KiB, so it is cheap to run on every shard.)"""
+    with open(path, "rb") as f:
+        f.seek(0, 2)
         f.seek(max(0, f.tell() - 1024))
         tail = f.read()
-        if len(tail) < 1024 or tail.strip(b"\0"):
-            return n, "truncated: no end-of-archive marker (the file was cut short)"
-    return n, None
+    return len(tail) < 1024 or bool(tail.strip(b"\0"))
 
 
 def count_shards(urls: str, *, overwrite: bool = False) -> list[dict]:
