@@ -9,8 +9,9 @@ the shards ({shard file name: samples}, open_clip's convention) gives the epoch 
 the writer creates it. ``python -m clipcore.shards count 'shards/{00000..00099}.tar'`` reads the shards, prints
 each one's count beside sizes.json's and adds the shards sizes.json lacks; it changes a listed count, or records a
 damaged (truncated) shard's, only with ``--write``. Opening the shards warns about any that is cut short (no
-tar end marker). While training, every shard read to its end is checked against sizes.json: a shard holding fewer or more samples (truncated, or a wrong sizes.json) gets a warning
-naming it, as does a worker whose shards run out before the batches sizes.json promised.
+tar end marker). While training, every shard read to its end is checked against sizes.json: a shard holding
+fewer or more samples (truncated, or a wrong sizes.json) gets a warning naming it, as does a worker whose
+shards run out before the batches sizes.json promised.
 
 Order and resume. The shards are dealt to (rank, worker) slots once: shard s goes to slot s mod (W * workers).
 Each epoch a slot reads its shards in an order drawn from (seed, epoch, slot) and mixes samples in a shuffle
