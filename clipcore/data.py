@@ -292,8 +292,9 @@ def _read_table(path: Path, sep: str) -> tuple[list[str], list[tuple[str, dict[s
             else:
                 row = f"{path} data row {len(records) + 1} (line {start})"
                 if len(fields) != len(header):
-                    hint = (f"quote a field that contains {sep!r}" if len(fields) > len(header)
-                            else "add the missing fields")
+                    extra = fields[len(header):]
+                    hint = ("add the missing fields" if not extra else f"remove the trailing {sep!r}"
+                            if not any(f.strip() for f in extra) else f"quote a field that contains {sep!r}")
                     raise DataError(f"{row}: {len(fields)} fields, the header has {len(header)} ({header}); {hint}.")
                 records.append((row, dict(zip(header, fields))))
             start = reader.line_num + 1

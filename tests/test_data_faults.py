@@ -139,8 +139,12 @@ def test_field_count_must_match_the_header(tmp_path):
     rows = _csv_rows(tmp_path, 3)
     rows[3] = "x.png"
     (tmp_path / "e.csv").write_text("\n".join(rows) + "\n")
-    with pytest.raises(DataError, match=r"data row 3 \(line 4\): 1 fields, the header has 2"):
+    with pytest.raises(DataError, match=r"data row 3 \(line 4\): 1 fields, the header has 2.*add the missing"):
         load_dataset(str(tmp_path / "e.csv"))
+    rows[3] = "x.png,a caption,"
+    (tmp_path / "f.csv").write_text("\n".join(rows) + "\n")
+    with pytest.raises(DataError, match=r"data row 3 \(line 4\): 3 fields.*remove the trailing ','"):
+        load_dataset(str(tmp_path / "f.csv"), skip_bad=True)              # the file's structure: not skippable
 
 
 def test_quoted_multiline_caption_and_blank_lines_still_work(tmp_path):
