@@ -100,7 +100,9 @@ class BPETokenizer:
 
     Differences from open_clip's SimpleTokenizer: the literal strings "<start_of_text>"/"<end_of_text>"
     inside a caption are tokenised as ordinary text (open_clip turns them into special tokens, which would
-    put an eot mid-row); `decode` strips the trailing space and cuts a padded row at its eot.
+    put an eot mid-row); `decode` strips the trailing space and cuts a padded row at its eot; a row is built
+    from the caption's first context_length - 2 ids only, a word longer than WORD_PREFIX characters merged on a
+    prefix (see WORD_PREFIX), so a huge caption costs what a short one does.
     """
 
     pad_id: int = 0
