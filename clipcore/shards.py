@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import os
 import random
 import sys
 import warnings
@@ -222,42 +223,63 @@ class _Stream(torch.utils.data.IterableDataset):
 
 
 # ----------------------------------------------------------------------------- writing
-def write_shards(source: str, out: str | Path, per_shard: int = 1000, *, image_format: str = "png") -> list[Path]:
+def write_shards(source: str, out: str | Path, per_shard: int = 1000, *, image_format: str = "png",
+                 overwrite: bool = False) -> list[Path]:
     """Write the pairs of a CSV/TSV file or image folder (clipcore.data sources) as shards ``out/NNNNN.tar``
     plus ``out/sizes.json``. Images are stored as their original file bytes when the format matches the
-    extension, else re-encoded to ``image_format``; folder data get the caption "a photo of a <class>." and cls."""
+    extension, else re-encoded to ``image_format``; folder data get the caption "a photo of a <class>." and cls.
+
+    A folder that already holds shards is written into only with overwrite (``--overwrite``); then the old
+    shards the new set does not reuse are removed. Each shard is written under a temporary name and renamed
+    when complete, and sizes.json comes last, so an interrupted run never leaves a half shard under a listed
+    name."""
     import webdataset as wds
 
     if per_shard < 1:
         raise DataError(f"--per-shard {per_shard}: use a positive number of samples per shard")
-    ds = load_dataset(source, "all", image_size=1)     # paths, captions, labels; images are read here as bytes
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise DataError(f"--out {out} is a file; give a folder for the shards")
+    old = sorted(out.glob("[0-9][0-9][0-9][0-9][0-9].tar")) if out.is_dir() else []
+    if (old or (out / "sizes.json").exists()) and not overwrite:
+        raise DataError(f"--out {out} already holds shards ({len(old)} .tar files and/or sizes.json); choose a new "
+                        "folder, or pass --overwrite to replace them")
+    ds = load_dataset(source, "all", image_size=1)     # paths, captions, labels; images are read here as bytes
     paths, sizes = [], {}
-    for start in range(0, len(ds), per_shard):
-        path = out / f"{start // per_shard:05d}.tar"
-        idx = list(range(start, min(start + per_shard, len(ds))))
-        with wds.TarWriter(str(path)) as tar:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        for start in range(0, len(ds), per_shard):
+            path = out / f"{start // per_shard:05d}.tar"
+            idx = list(range(start, min(start + per_shard, len(ds))))
             captions = (ds.captions_at(idx) if ds.captions is not None
                         else [f"a photo of a {ds.classnames[int(ds.labels[i])]}." for i in idx])
-            for i, caption in zip(idx, captions):
-                sample = {"__key__": f"{i:09d}", "txt": caption, **_image_bytes(ds.paths[i], image_format)}
-                label = int(ds.labels[i])
-                if label >= 0:
-                    sample["cls"] = str(label)
-                    if ds.classnames:
-                        sample["json"] = {"label": label, "classname": ds.classnames[label]}
-                tar.write(sample)
-        paths.append(path)
-        sizes[path.name] = len(idx)
-    (out / "sizes.json").write_text(json.dumps(sizes, indent=1))
+            with wds.TarWriter(str(path) + ".partial") as tar:
+                for i, caption in zip(idx, captions):
+                    sample = {"__key__": f"{i:09d}", "txt": caption, **_image_bytes(ds.paths[i], image_format,
+                                                                                   ds.rows[i])}
+                    label = int(ds.labels[i])
+                    if label >= 0:
+                        sample["cls"] = str(label)
+                        if ds.classnames:
+                            sample["json"] = {"label": label, "classname": ds.classnames[label]}
+                    tar.write(sample)
+            os.replace(str(path) + ".partial", path)
+            paths.append(path)
+            sizes[path.name] = len(idx)
+        for stale in set(old) - set(paths):
+            stale.unlink()
+        (out / "sizes.json.partial").write_text(json.dumps(sizes, indent=1))
+        os.replace(out / "sizes.json.partial", out / "sizes.json")
+    except OSError as e:
+        raise DataError(f"cannot write shards into {out} ({type(e).__name__}: {e}); check the folder's "
+                        "permissions and free space") from e
     return paths
 
 
 STORABLE = {"png": ("1", "L", "LA", "P", "RGB", "RGBA", "I;16"), "jpg": ("L", "RGB"), "webp": ("RGB", "RGBA")}
 
 
-def _image_bytes(path: Path, image_format: str) -> dict[str, bytes]:
+def _image_bytes(path: Path, image_format: str, row: str) -> dict[str, bytes]:
     """{extension: bytes}: the file itself when it is jpg/png/webp, else re-encoded to image_format.
 
     Modes the format cannot hold are converted as the reader would (clipcore.data.to_canonical): 16-bit and
@@ -266,14 +288,18 @@ def _image_bytes(path: Path, image_format: str) -> dict[str, bytes]:
     if ext in ("jpg", "jpeg", "png", "webp"):
         return {"jpg" if ext == "jpeg" else ext: path.read_bytes()}
     buf = io.BytesIO()
-    with Image.open(path) as im:
-        if im.mode not in STORABLE[image_format]:
-            im = to_canonical(im, 3)
-            if im.mode == "F":
-                a = np.asarray(im)
-                im = (Image.fromarray((a * 65535).round().astype(np.uint16)) if image_format == "png"
-                      else Image.fromarray((a * 255).round().astype(np.uint8), "L").convert("RGB"))
-        im.save(buf, format={"jpg": "JPEG", "png": "PNG", "webp": "WEBP"}[image_format])
+    try:
+        with Image.open(path) as im:
+            if im.mode not in STORABLE[image_format]:
+                im = to_canonical(im, 3)
+                if im.mode == "F":
+                    a = np.asarray(im)
+                    im = (Image.fromarray((a * 65535).round().astype(np.uint16)) if image_format == "png"
+                          else Image.fromarray((a * 255).round().astype(np.uint8), "L").convert("RGB"))
+            im.save(buf, format={"jpg": "JPEG", "png": "PNG", "webp": "WEBP"}[image_format])
+    except Exception as e:  # PIL raises many types for bad files
+        raise DataError(f"{row}: cannot decode image {path} ({type(e).__name__}: {e}); replace or remove the "
+                        "file") from e
     return {image_format: buf.getvalue()}
 
 
@@ -364,6 +390,7 @@ def main(argv: list[str] | None = None) -> None:
     w.add_argument("--per-shard", type=int, default=1000)
     w.add_argument("--image-format", default="png", choices=("png", "jpg", "webp"),
                    help="for images not already png/jpg/webp")
+    w.add_argument("--overwrite", action="store_true", help="replace the shards already in --out")
     c = sub.add_parser("count", help="count the samples of existing shards, compare with sizes.json and add "
                                      "the shards it lacks")
     c.add_argument("urls")
@@ -371,7 +398,7 @@ def main(argv: list[str] | None = None) -> None:
                    help="also overwrite listed counts that differ and record damaged shards' counts")
     a = p.parse_args(argv)
     if a.cmd == "write":
-        paths = write_shards(a.source, a.out, a.per_shard, image_format=a.image_format)
+        paths = write_shards(a.source, a.out, a.per_shard, image_format=a.image_format, overwrite=a.overwrite)
         pattern = Path(a.out) / ("{00000..%05d}.tar" % (len(paths) - 1))
         print(f"wrote {len(paths)} shards: --train-data '{pattern}' --dataset-type webdataset")
         return

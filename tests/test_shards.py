@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from clipcore.data import DataError
-from clipcore.shards import ShardSource, count_shards, main as shards_main
+from clipcore.shards import ShardSource, count_shards, main as shards_main, write_shards
 from clipcore.tokenizer import build_tokenizer
 from clipcore.train import TrainConfig, train
 
@@ -218,3 +218,18 @@ def test_resume_at_the_end_of_an_epoch_yields_nothing(shards):
     tok = build_tokenizer("bpe", 16)
     assert src.steps_per_epoch(6, 3) == 6 and len(list(src.loader(tok, 6, rank=0, world_size=3))) == 6
     assert list(src.loader(tok, 6, start_batch=6, rank=0, world_size=3)) == []
+
+
+def test_write_keeps_existing_shards_unless_overwrite(csv_data, tmp_path):
+    out = tmp_path / "out"
+    shards_main(["write", "--from", str(csv_data), "--out", str(out), "--per-shard", "24"])
+    before = (out / "00000.tar").read_bytes()
+    with pytest.raises(DataError, match=r"already holds shards.*--overwrite"):
+        write_shards(str(csv_data), out, 48)
+    assert (out / "00000.tar").read_bytes() == before and sorted(p.name for p in out.iterdir()) == [
+        "00000.tar", "00001.tar", "sizes.json"]
+    write_shards(str(csv_data), out, 48, overwrite=True)          # one shard now: the stale 00001.tar goes
+    assert sorted(p.name for p in out.iterdir()) == ["00000.tar", "sizes.json"]
+    assert json.loads((out / "sizes.json").read_text()) == {"00000.tar": N}
+    with pytest.raises(DataError, match=r"--out .*sizes\.json is a file"):
+        write_shards(str(csv_data), out / "sizes.json", 48)
