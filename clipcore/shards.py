@@ -376,7 +376,8 @@ def count_shards(urls: str, *, overwrite: bool = False) -> list[dict]:
     if overwrite:
         changed |= set(tables)
     for folder in changed:
-        (folder / "sizes.json").write_text(json.dumps(tables[folder], indent=1))
+        (folder / "sizes.json.partial").write_text(json.dumps(tables[folder], indent=1))
+        os.replace(folder / "sizes.json.partial", folder / "sizes.json")
     return rows
 
 
