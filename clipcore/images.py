@@ -52,7 +52,8 @@ def to_canonical(im: Image.Image, channels: int) -> Image.Image:
         return Image.fromarray(np.ascontiguousarray(a, dtype=np.float32), mode="F")
     target = "RGB" if channels == 3 else "L"
     if mode in ALPHA_MODES or "transparency" in im.info:
-        rgba = im.convert("RGBA")          # un-premultiplies La/RGBa; applies a P/L/RGB transparency key
+        rgba = (im.convert("LA") if mode == "La" else im).convert("RGBA")   # un-premultiplies La/RGBa; applies
+                                                                             # a P/L/RGB transparency key
         im = Image.alpha_composite(Image.new("RGBA", im.size, (ALPHA_BACKGROUND,) * 3 + (255,)), rgba)
     if im.mode not in (target, "L", "RGB"):
         im = im.convert("RGB")             # 1, P, CMYK, YCbCr, LAB, HSV, RGBA (composited above)

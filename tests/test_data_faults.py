@@ -64,6 +64,10 @@ def test_alpha_is_composited_onto_white():
     rgba = Image.fromarray(np.stack([u8, u8, u8, alpha], -1), "RGBA")
     assert torch.allclose(raw(rgba), want.expand(3, 4, 4), atol=ATOL)
     assert raw(rgba)[:, 0, 0].tolist() == [WHITE] * 3          # fully transparent black -> background
+    premultiplied = 10 / 255 + (1 - 128 / 255) * WHITE         # colour 10 already times alpha 128 / 255
+    for mode, colour in (("La", (10, 128)), ("RGBa", (10, 10, 10, 128))):
+        assert torch.allclose(raw(Image.new(mode, (4, 4), colour)), torch.full((3, 4, 4), premultiplied), atol=ATOL)
+    assert torch.equal(raw(Image.new("PA", (4, 4), (0, 0)), 1), torch.full((1, 4, 4), WHITE))
     pal = Image.fromarray(LEVELS.astype(np.uint8), "P")
     pal.putpalette([0, 0, 0] * 4)                                # every index black ...
     pal.info["transparency"] = 0                                 # ... but index 0 is transparent
