@@ -28,6 +28,7 @@ from PIL import Image
 from torch import Tensor
 
 from clipcore.data import CLIP_MEAN, CLIP_STD, DataError, EpochBatchSampler, _hash3
+from clipcore.images import preprocess
 
 SCORE_THRESHOLD = 0.3   # OWLv2 post-processing threshold of the official annotations
 MAX_REGIONS = 5         # top-5 detections by score (= the number of region queries)
@@ -156,11 +157,10 @@ class RegionDataset(torch.utils.data.Dataset):
         s = self.image_size
         try:
             with Image.open(self.paths[i]) as im:
-                a = np.asarray(im.convert("RGB").resize((s, s), Image.BICUBIC), dtype=np.float32) / 255.0
+                return preprocess(im, s, self._mean, self._std, crop=False)   # boxes are relative to the whole image
         except Exception as e:   # PIL raises many types for bad files
             raise DataError(f"{self.rows[i]}: cannot read image {self.paths[i]} ({type(e).__name__}: {e}); "
                             "replace the file or remove its line") from e
-        return (torch.from_numpy(a).permute(2, 0, 1) - self._mean) / self._std
 
     def all_images(self) -> Tensor:
         """Every image, (N, C, S, S) normalised (the in-memory cache itself, or the files loaded and stacked)."""

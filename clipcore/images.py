@@ -65,19 +65,25 @@ def _min_max(a: np.ndarray) -> np.ndarray:
     return ((a - lo) / (hi - lo) if hi > lo else np.zeros_like(a)).astype(np.float32)
 
 
-def preprocess(im: Image.Image, size: int, mean: Tensor, std: Tensor) -> Tensor:
+def preprocess(im: Image.Image, size: int, mean: Tensor, std: Tensor, crop: bool = True) -> Tensor:
     """CLIP's eval transform: shorter side -> size (bicubic), centre crop, normalise -> (C, size, size) float.
+    ``crop=False`` resizes the whole image to size x size instead (aspect not kept: region boxes given relative
+    to the whole image stay valid, as GRAIN's annotations need).
 
     C = len(mean): 1 converts to grey, 3 to RGB, every PIL mode as :func:`to_canonical` says (16-bit and float
     images are resized in float, so their precision survives). mean, std: (C, 1, 1).
     """
     im = to_canonical(im, mean.shape[0])
-    w, h = im.size
-    r = size / min(w, h)
-    nw, nh = max(size, round(w * r)), max(size, round(h * r))
-    im = im.resize((nw, nh), Image.BICUBIC)
-    left, top = (nw - size) // 2, (nh - size) // 2
-    a = np.asarray(im.crop((left, top, left + size, top + size)), dtype=np.float32)
+    if crop:
+        w, h = im.size
+        r = size / min(w, h)
+        nw, nh = max(size, round(w * r)), max(size, round(h * r))
+        im = im.resize((nw, nh), Image.BICUBIC)
+        left, top = (nw - size) // 2, (nh - size) // 2
+        im = im.crop((left, top, left + size, top + size))
+    else:
+        im = im.resize((size, size), Image.BICUBIC)
+    a = np.asarray(im, dtype=np.float32)
     a = np.clip(a, 0.0, 1.0) if im.mode == "F" else a / 255.0   # bicubic overshoot: 8-bit PIL clips it too
     x = torch.from_numpy(a)
     x = x[None] if x.ndim == 2 else x.permute(2, 0, 1)

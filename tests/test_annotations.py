@@ -117,3 +117,16 @@ def test_shuffle_descriptions_permutes_within_an_image():
     descs = [d for _, d in ds.item_text(range(50))]
     assert all(sorted(d) == ["d0", "d1", "d2", "d3"] for d in descs)
     assert sum(d != ["d0", "d1", "d2", "d3"] for d in descs) > 40
+
+
+def test_sixteen_bit_images_keep_their_values_and_whole_frame(tmp_path):
+    """GRAIN's annotation images go through clipcore.images (16-bit grey was clipped to white by convert("RGB")),
+    resized whole (not centre-cropped) so that boxes relative to the image stay valid."""
+    a = np.zeros((32, 64), np.uint16)
+    a[:, 32:] = 30000                      # left half black, right half ~46% grey (white under convert("RGB"))
+    Image.fromarray(a).save(tmp_path / "im16.png")         # uint16 -> mode I;16
+    (tmp_path / "a.jsonl").write_text(json.dumps({"image": "im16.png", "caption": "c", "regions": []}) + "\n")
+    ds = load_annotations(tmp_path / "a.jsonl", image_size=16)
+    x = ds[0][0] * ds._std + ds._mean       # back to [0, 1]
+    assert x.shape == (3, 16, 16)
+    assert x[:, :, :6].max() < 0.02 and abs(x[:, :, 10:].mean().item() - 30000 / 65535) < 0.02   # not clipped to 1
