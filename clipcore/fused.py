@@ -218,6 +218,19 @@ def narrow_(buf: Tensor, dtype: torch.dtype) -> Tensor:
     return out.view(buf.shape)
 
 
+def diag_dot(x: Tensor, y: Tensor, offset: int, cd: torch.dtype | None = None, chunk: int = 1 << 14) -> Tensor:
+    """sum_i <x_i, y_{offset+i}> for x (M, D), y (N, D), of the values rounded to ``cd`` (the matmuls' dtype, so the
+    target is the same S_ii the log-sum-exp sees), accumulated in fp32 (fp64 for fp64) chunk by chunk: no (M, D)
+    fp32 copy; no autograd (its gradient is part of the tiles' G)."""
+    cd = cd or x.dtype
+    acc = _acc_dtype(cd)
+    out = torch.zeros((), dtype=acc, device=x.device)
+    for i in range(0, x.shape[0], chunk):
+        xi = x[i:i + chunk]
+        out += (xi.to(cd).to(acc) * y[offset + i:offset + i + xi.shape[0]].to(cd).to(acc)).sum()
+    return out
+
+
 def _weights(w_r: float, w_c: float, w_t: float) -> tuple[float, float, float, float]:
     """Loss weights -> (W, w_r / W, w_c / W, w_t / W), W the largest: G / W has O(1) entries (fp16-safe)."""
     big = max(w_r, w_c, w_t)
@@ -245,12 +258,10 @@ class _TiledLSE(torch.autograd.Function):
         cols = w_c != 0.0
         row_lse = torch.empty(m, dtype=acc, device=x.device)
         col_lse = torch.full((n,), -math.inf, dtype=acc, device=x.device) if cols else None
-        target = torch.zeros((), dtype=acc, device=x.device)
+        target = diag_dot(x, y, offset, cd) if w_t else torch.zeros((), dtype=acc, device=x.device)
         kept = {}
         for i0 in range(0, m, tr):
             xi, r = x[i0:i0 + tr].to(cd), None
-            if w_t:
-                target += (xi.to(acc) * y[offset + i0:offset + i0 + xi.shape[0]].to(acc)).sum()
             for j0 in range(0, n, tc):
                 sc = _scores(xi, y[j0:j0 + tc].to(cd))
                 if cols:

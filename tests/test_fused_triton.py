@@ -138,9 +138,9 @@ def _trace() -> dict:
         "fwd": make_fx(dispatch_functionalize(lambda x, y, s: ft.contrastive_lse_fwd(x, y, s, True, 16, 16, 3)),
                        tracing_mode="fake")(x, y, s),
         "bwd_atomic": make_fx(dispatch_functionalize(lambda x, y, s, v: ft.contrastive_lse_bwd(
-            x, y, s, v, v, v, v, True, 16, 16, True)), tracing_mode="fake")(x, y, s, v),
+            x, y, s, v, v, [1.0, 1.0, 2.0], s, 0, True, 16, 16, True)), tracing_mode="fake")(x, y, s, v),
         "bwd_two_pass": make_fx(dispatch_functionalize(lambda x, y, s, v: ft.contrastive_lse_bwd(
-            x, y, s, v, v, v, v, True, 16, 16, False)), tracing_mode="fake")(x, y, s, v),
+            x, y, s, v, v, [1.0, 1.0, 2.0], s, 0, True, 16, 16, False)), tracing_mode="fake")(x, y, s, v),
     }
     return {k: g.code.count("triton_kernel_wrapper_functional(") for k, g in graphs.items()}
 
