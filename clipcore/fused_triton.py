@@ -70,15 +70,17 @@ except ImportError:  # pragma: no cover - triton_available() is False then
     triton = tl = None
 
 # Launch configurations, per kernel, by (BLOCK_D, bytes per input element): (BLOCK_M, BLOCK_N, num_warps, num_stages).
-# Chosen with benchmarks/triton_static.py as the largest blocks whose shared memory fits sm_80 (A100, 163 KiB) and
-# therefore sm_90 (227 KiB), compiled exactly as a launch compiles them (:func:`compile_for`); the forward keeps
-# 2-stage software pipelining where it fits. Fit is tested (tests/test_fused_triton.py); speed is NOT measured
-# (no GPU was available): benchmarks/gpu_check.sh times them.
+# Chosen with :func:`shared_memory_for` (the kernels as a launch compiles them) as the largest blocks, then the most
+# pipeline stages (3, 2, 1), whose shared memory fits both sm_80 (A100, 163 KiB) and sm_90 (H100/H200, 227 KiB); the
+# backward stays at <= 64 x 32 and at 32 x 32 from D = 512 (larger blocks spill its fp32 (BLOCK_M, D) accumulator:
+# benchmarks/README.md). Fit is tested for D = 128..1024 x fp32/bf16/fp16 (tests/test_fused_triton.py); speed is NOT
+# measured (no GPU was available): benchmarks/gpu_check.sh times them. (triton's defaults, num_stages = 3 and 64 x 32
+# blocks, need 262-271 KB at D = 512: over sm_90's 227 KiB, OutOfResources on the first launch.)
 CONFIGS = {
-    "forward": {(128, 2): (64, 64, 4, 2), (256, 2): (64, 64, 8, 2), (512, 2): (64, 32, 8, 2), (1024, 2): (32, 32, 8, 1),
-                (128, 4): (64, 64, 4, 2), (256, 4): (64, 32, 8, 2), (512, 4): (32, 32, 8, 2), (1024, 4): (16, 16, 4, 1)},
-    "backward": {(128, 2): (64, 32, 8, 2), (256, 2): (64, 32, 8, 2), (512, 2): (32, 32, 8, 2), (1024, 2): (16, 32, 8, 1),
-                 (128, 4): (64, 32, 8, 2), (256, 4): (32, 32, 8, 2), (512, 4): (32, 32, 8, 1), (1024, 4): (16, 16, 4, 1)},
+    "forward": {(128, 2): (64, 64, 8, 3), (256, 2): (64, 64, 8, 3), (512, 2): (64, 64, 8, 2), (1024, 2): (64, 32, 8, 1),
+                (128, 4): (64, 64, 8, 3), (256, 4): (64, 64, 8, 2), (512, 4): (32, 32, 8, 2), (1024, 4): (16, 16, 4, 2)},
+    "backward": {(128, 2): (64, 32, 8, 3), (256, 2): (64, 32, 8, 3), (512, 2): (32, 32, 8, 2), (1024, 2): (32, 32, 8, 2),
+                 (128, 4): (64, 32, 8, 3), (256, 4): (64, 32, 8, 2), (512, 4): (32, 32, 8, 2), (1024, 4): (16, 16, 4, 2)},
 }
 INTERPRET_BLOCKS = (16, 16)  # under TRITON_INTERPRET=1 (tests): small blocks, the interpreter is slow
 ATOMIC = True  # backward layout (module docstring): dY by relaxed atomics; False: the deterministic two-launch layout
@@ -225,39 +227,73 @@ def _bwd_args(x, y, s, r, c, dx, dy, ds, coef: tuple[float, float, float], gmul,
                  **_dot_opts(x.dtype, interpret)))
 
 
-def compile_for(arch: int, d: int, dtype: torch.dtype = torch.bfloat16, *, m: int = 65536, n: int = 65536,
-                block_m: int | None = None, block_n: int | None = None, num_warps: int | None = None,
-                num_stages: int | None = None) -> dict:
-    """Compile the forward and the (atomic) backward kernel for ``sm_<arch>`` exactly as a launch on (m, D) x (n, D)
-    inputs of ``dtype`` compiles them -> {"forward": kernel, "backward": kernel}. Needs no GPU (PTX, then the ptxas
-    shipped with triton). "Exactly": the arguments go through triton's own launch binder (runtime.jit
-    create_function_from_signature + JITFunction._pack_args, triton 3.8), so the kernel gets the same
-    specialisation a launch gives (16-aligned pointers and integers divisible by 16 marked tt.divisibility=16,
-    integers equal to 1 constant) and the same options (num_warps, num_stages: ``launch_config`` unless given).
-    tests/test_fused_triton.py checks every default configuration fits sm_80 and sm_90 shared memory;
-    benchmarks/triton_static.py reads shared memory and register use."""
+def _launch_source(arch: int, d: int, dtype: torch.dtype, kind: str, m: int, n: int, overrides: dict):
+    """(target, backend, ASTSource, options) of one kernel as a launch on (m, D) x (n, D) inputs compiles it."""
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource, make_backend
     from triton.runtime.jit import create_function_from_signature
 
     target = GPUTarget("cuda", arch, 32)
     backend = make_backend(target)
-    t = lambda dt: torch.empty(0, dtype=dt)  # noqa: E731  (only dtype and a 16-aligned address matter)
-    x, f, one = t(dtype), t(torch.float32), torch.ones(1)
+    x, f = _Strided(torch.empty(0, dtype=dtype), d), torch.empty(0)  # only dtype, stride and a 16-aligned address matter
+    cfg = launch_config(kind, d, dtype, overrides.get("block_m"), overrides.get("block_n"))
+    cfg.update({k: overrides[k] for k in ("num_warps", "num_stages") if overrides.get(k) is not None})
+    if kind == "forward":
+        fn, (args, kw) = _fwd_kernel, _fwd_args(x, x, f, f, f, m, n, d, 0, True, cfg, False)
+    else:
+        fn, (args, kw) = _bwd_kernel, _bwd_args(x, x, f, f, f, x, f, f, (1.0, 1.0, 1.0), torch.ones(1), m, n, d, 0,
+                                                True, True, True, cfg, False)
+    args = tuple(a.t if isinstance(a, _Strided) else a for a in args)
+    binder = create_function_from_signature(fn.signature, fn.params, backend)  # the launch's own binder
+    bound, spec, opts = binder(*args, **kw)
+    options, signature, constexprs, attrs = fn._pack_args(backend, kw, bound, spec, opts)
+    return target, backend, ASTSource(fn, signature, constexprs, attrs), options
+
+
+def compile_for(arch: int, d: int, dtype: torch.dtype = torch.bfloat16, *, m: int = 65536, n: int = 65536,
+                kernels: tuple[str, ...] = ("forward", "backward"), **overrides) -> dict:
+    """Compile the forward and the (atomic) backward kernel for ``sm_<arch>`` exactly as a launch on (m, D) x (n, D)
+    inputs of ``dtype`` compiles them -> {"forward": kernel, "backward": kernel}. Needs no GPU (PTX, then the ptxas
+    shipped with triton). "Exactly": the arguments go through triton's own launch binder (runtime.jit
+    create_function_from_signature + JITFunction._pack_args, triton 3.8), so the kernel gets the specialisation a
+    launch gives (16-aligned pointers and integers divisible by 16 marked tt.divisibility=16, integers equal to 1
+    made constant) and the options (num_warps, num_stages: :func:`launch_config`'s unless given in ``overrides``,
+    with block_m, block_n). benchmarks/triton_static.py reads shared memory and register use from the result."""
     out = {}
-    for kind in ("forward", "backward"):
-        cfg = launch_config(kind, d, dtype, block_m, block_n)
-        cfg.update({k: v for k, v in (("num_warps", num_warps), ("num_stages", num_stages)) if v is not None})
-        if kind == "forward":
-            fn, (args, kw) = _fwd_kernel, _fwd_args(_Strided(x, d), _Strided(x, d), f, f, f, m, n, d, 0, True, cfg, False)
-        else:
-            fn, (args, kw) = _bwd_kernel, _bwd_args(_Strided(x, d), _Strided(x, d), f, f, f, _Strided(x, d), f, f,
-                                                    (1.0, 1.0, 1.0), one, m, n, d, 0, True, True, True, cfg, False)
-        args = tuple(a.t if isinstance(a, _Strided) else a for a in args)
-        binder = create_function_from_signature(fn.signature, fn.params, backend)
-        bound, spec, opts = binder(*args, **kw)
-        options, signature, constexprs, attrs = fn._pack_args(backend, kw, bound, spec, opts)
-        out[kind] = triton.compile(ASTSource(fn, signature, constexprs, attrs), target=target, options=options.__dict__)
+    for kind in kernels:
+        target, _, src, options = _launch_source(arch, d, dtype, kind, m, n, overrides)
+        out[kind] = triton.compile(src, target=target, options=options.__dict__)
+    return out
+
+
+def shared_memory_for(arch: int, d: int, dtype: torch.dtype = torch.bfloat16, *, m: int = 65536, n: int = 65536,
+                      kernels: tuple[str, ...] = ("forward", "backward"), **overrides) -> dict:
+    """{kernel: bytes of shared memory} as :func:`compile_for`'s kernels have it, in ~0.3 s instead of 1-70 s: the
+    same source and options through triton's ttir and ttgir stages (software pipelining, layouts), then the first
+    passes of its make_llir up to and including shared-memory allocation (triton 3.8's nvidia backend order), without
+    the LLVM and ptxas work. tests/test_fused_triton.py checks it equals compile_for's metadata.shared."""
+    from triton._C.libtriton import ir, nvidia, passes
+    from triton.backends.nvidia.compiler import get_ptx_version_from_options
+
+    out = {}
+    for kind in kernels:
+        target, backend, src, options = _launch_source(arch, d, dtype, kind, m, n, overrides)
+        stages: dict = {}
+        backend.add_stages(stages, options, src.language)
+        ctx = ir.context()
+        ir.load_dialects(ctx)
+        backend.load_dialects(ctx)
+        mod = src.make_ir(target, options, backend.get_codegen_implementation(options), backend.get_module_map(), ctx)
+        meta = {"target": target, **options.__dict__}
+        mod = stages["ttgir"](stages["ttir"](mod, meta), meta)
+        pm = ir.pass_manager(mod.context)
+        passes.ttgpuir.add_combine_tensor_select_and_if(pm)
+        passes.ttgpuir.add_allocate_warp_groups(pm, False)
+        passes.convert.add_scf_to_cf(pm)
+        passes.gluon.add_inliner(pm)
+        nvidia.passes.ttgpuir.add_allocate_shared_memory_nv(pm, arch, get_ptx_version_from_options(options, arch))
+        pm.run(mod, "shared_memory_for")
+        out[kind] = mod.get_int_attr("ttg.shared")
     return out
 
 

@@ -363,3 +363,19 @@ def test_memory_linear_in_batch_and_under_4gib_at_1m():
     at_1m = peaks[131072] + slope * (2**20 - 131072)
     assert slope <= 6 * 512 + 64, f"{slope:.0f} bytes per row"  # dX bf16 + dY fp32 (narrowed in place) + O(1)
     assert at_1m <= 4 * 2**30, f"extrapolated peak at B = 1M: {at_1m / 2**30:.2f} GiB"
+
+
+def test_loss_kernel_flag_reaches_the_loss(monkeypatch):
+    """--loss-kernel (TrainConfig.loss_kernel) -> make_loss(kernel=...) -> fused_contrastive_loss(kernel=...): on a CPU
+    without the Triton interpreter the Triton kernel refuses with its own message, which proves the routing."""
+    from clipcore.errors import UserError
+    from clipcore.train import TrainConfig, parse_args
+
+    assert TrainConfig().loss_kernel == "torch" and parse_args(["--loss-kernel", "triton"]).loss_kernel == "triton"
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    x, y, s, _ = make_inputs(8, 4, torch.float32, 10.0)
+    with pytest.raises(RuntimeError, match="kernel='triton' needs triton"):
+        make_loss("clip", impl="fused", kernel="triton")(x, y, s)
+    assert torch.allclose(make_loss("clip", impl="fused", kernel="torch")(x, y, s), contrastive_loss(x, y, s), rtol=1e-5)
+    with pytest.raises(UserError, match="--loss-impl fused"):
+        make_loss("clip", impl="naive", kernel="triton")

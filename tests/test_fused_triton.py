@@ -145,21 +145,33 @@ def _trace() -> dict:
     return {k: g.code.count("triton_kernel_wrapper_functional(") for k, g in graphs.items()}
 
 
-def _compile_sm90() -> dict:
-    """Child process without the interpreter: compile both kernels for sm_90a (H100/H200) as the ops would launch
-    them on CUDA (bf16, D = 512 at the default 64 x 32 blocks, 8 warps). The interpreter never compiles, so this
-    is the check that the kernels are valid Triton for real hardware; no GPU is needed (PTX + ptxas)."""
+SMEM = {80: 166912, 90: 232448}  # bytes of shared memory one block may use: A100 (163 KiB), H100/H200 (227 KiB)
+
+
+def _shared() -> dict:
+    """Child process without the interpreter (which never compiles): the shared memory of every default launch
+    configuration, D in {128, 256, 512, 768, 1024} x {fp32, bf16, fp16} x sm_80/sm_90, as a launch compiles the kernels
+    (clipcore.fused_triton.shared_memory_for: triton's own binder and stages up to shared-memory allocation; no GPU),
+    and one full compile to PTX + cubin (compile_for, bf16, D = 512, sm_90) whose metadata.shared must agree."""
+    import torch
+
     sys.path[:0] = [str(HERE.parents[1])]
     import clipcore.fused_triton as ft
-    return {name: k.metadata.shared for name, k in ft.compile_for(90, 512, 64, 32, 8).items()}
+
+    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+    rows = {f"{arch} {d} {name} {kind}": shared for arch in SMEM for d in (128, 256, 512, 768, 1024)
+            for name, dt in dtypes.items() for kind, shared in ft.shared_memory_for(arch, d, dt).items()}
+    full = ft.compile_for(90, 512, torch.bfloat16)
+    return {"rows": rows, "full": {k: v.metadata.shared for k, v in full.items()},
+            "fast": ft.shared_memory_for(90, 512, torch.bfloat16)}
 
 
 def _child(names: list[str]) -> None:
     if names == ["--trace"]:
         print("RESULTS " + json.dumps(_trace()))
         return
-    if names == ["--compile"]:
-        print("RESULTS " + json.dumps(_compile_sm90()))
+    if names == ["--shared"]:
+        print("RESULTS " + json.dumps(_shared()))
         return
     assert os.environ.get("TRITON_INTERPRET") == "1", "run with TRITON_INTERPRET=1"
     cases, results = _cases(), {}
@@ -207,10 +219,14 @@ def test_ops_trace_into_triton_kernel_nodes():
     assert _run_child(["--trace"], interpret=False) == {"fwd": 1, "bwd_atomic": 1, "bwd_two_pass": 2}
 
 
-def test_kernels_compile_for_sm90():
-    """Both kernels compile for sm_90a and their shared memory fits one H100/H200 block (227 KiB)."""
-    smem = _run_child(["--compile"], interpret=False)
-    assert set(smem) == {"forward", "backward"} and all(0 < v <= 232448 for v in smem.values()), smem
+def test_default_launch_configs_fit_shared_memory():
+    """Every default configuration (clipcore.fused_triton.CONFIGS) fits sm_80 and sm_90 shared memory as a launch
+    compiles it (same specialisation, num_warps, num_stages), and the fast shared-memory path agrees with a full
+    compile. Without the launch's num_stages (triton's default 3) the old 64 x 32 blocks needed 262-271 KB at D = 512."""
+    res = _run_child(["--shared"], interpret=False)
+    assert res["full"] == res["fast"], res
+    over = {k: v for k, v in res["rows"].items() if not 0 < v <= SMEM[int(k.split()[0])]}
+    assert len(res["rows"]) == 2 * 5 * 3 * 2 and not over, over
 
 
 if __name__ == "__main__":
