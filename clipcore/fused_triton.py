@@ -133,9 +133,9 @@ def _dot_opts(dtype: torch.dtype, interpret: bool) -> dict:
 if triton is not None:
 
     @triton.jit
-    def _fwd_kernel(x_ptr, y_ptr, s_ptr, row_ptr, part_ptr, M, N, D, sxm, sym, row0,
+    def _fwd_kernel(x_ptr, y_ptr, s_ptr, row_ptr, part_ptr, diag_ptr, M, N, D, sxm, sym, row0, off,
                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-                    WITH_COLS: tl.constexpr, PRECISION: tl.constexpr, DOT_F32: tl.constexpr):
+                    WITH_COLS: tl.constexpr, WITH_DIAG: tl.constexpr, PRECISION: tl.constexpr, DOT_F32: tl.constexpr):
         pid = tl.program_id(0)
         rm = row0 + pid * BLOCK_M + tl.arange(0, BLOCK_M)
         rd = tl.arange(0, BLOCK_D)
@@ -146,14 +146,19 @@ if triton is not None:
         s = tl.load(s_ptr)
         m_i = tl.full((BLOCK_M,), -1e30, tl.float32)  # finite: padded rows stay NaN-free
         l_i = tl.zeros((BLOCK_M,), tl.float32)
+        t_i = tl.zeros((BLOCK_M,), tl.float32)  # the raw target score S_{i, off+i}, from this very matmul
+        r_lo = row0 + pid * BLOCK_M + off
         for j0 in range(0, N, BLOCK_N):
             rn = j0 + tl.arange(0, BLOCK_N)
             nm = rn < N
             y = tl.load(y_ptr + rn[:, None] * sym + rd[None, :], mask=nm[:, None] & dm[None, :], other=0.0)
             if DOT_F32:
                 y = y.to(tl.float32)
-            sc = tl.dot(x, tl.trans(y), input_precision=PRECISION) * s
-            sc = tl.where(mm[:, None] & nm[None, :], sc, float("-inf"))
+            raw = tl.dot(x, tl.trans(y), input_precision=PRECISION)
+            if WITH_DIAG:
+                if (j0 < r_lo + BLOCK_M) & (j0 + BLOCK_N > r_lo):  # only the tiles the diagonal crosses
+                    t_i += tl.sum(tl.where(rn[None, :] == rm[:, None] + off, raw, 0.0), 1)
+            sc = tl.where(mm[:, None] & nm[None, :], raw * s, float("-inf"))
             m_new = tl.maximum(m_i, tl.max(sc, 1))
             l_i = l_i * tl.exp(m_i - m_new) + tl.sum(tl.exp(sc - m_new[:, None]), 1)
             m_i = m_new
@@ -162,6 +167,8 @@ if triton is not None:
                 part = mc + tl.log(tl.where(nm, tl.sum(tl.exp(sc - mc[None, :]), 0), 1.0))
                 tl.store(part_ptr + pid * N + rn, part, mask=nm)
         tl.store(row_ptr + rm, m_i + tl.log(tl.where(mm, l_i, 1.0)), mask=mm)  # where: no log(0) on padding
+        if WITH_DIAG:
+            tl.store(diag_ptr + rm, t_i, mask=mm)
 
     @triton.jit
     def _bwd_kernel(x_ptr, y_ptr, s_ptr, r_ptr, c_ptr, dx_ptr, dy_ptr, ds_ptr, wr, wc, wt, gmul,
@@ -213,10 +220,11 @@ if triton is not None:
         tl.store(ds_ptr + pid, tl.sum(dsum, 0))
 
 
-def _fwd_args(x, y, s, row, buf, m: int, n: int, d: int, row0: int, with_cols: bool, cfg: dict, interpret: bool):
+def _fwd_args(x, y, s, row, buf, diag, m: int, n: int, d: int, row0: int, off: int, with_cols: bool, with_diag: bool,
+              cfg: dict, interpret: bool):
     """(positional args, keyword args) of one _fwd_kernel launch: shared by the op and :func:`compile_for`."""
-    return ((x, y, s, row, buf, m, n, d, x.stride(0), y.stride(0), row0),
-            dict(WITH_COLS=with_cols, **cfg, **_dot_opts(x.dtype, interpret)))
+    return ((x, y, s, row, buf, diag, m, n, d, x.stride(0), y.stride(0), row0, off),
+            dict(WITH_COLS=with_cols, WITH_DIAG=with_diag, **cfg, **_dot_opts(x.dtype, interpret)))
 
 
 def _bwd_args(x, y, s, r, c, dx, dy, ds, coef: tuple[float, float, float], gmul, m: int, n: int, d: int, off: int,
@@ -239,7 +247,7 @@ def _launch_source(arch: int, d: int, dtype: torch.dtype, kind: str, m: int, n: 
     cfg = launch_config(kind, d, dtype, overrides.get("block_m"), overrides.get("block_n"))
     cfg.update({k: overrides[k] for k in ("num_warps", "num_stages") if overrides.get(k) is not None})
     if kind == "forward":
-        fn, (args, kw) = _fwd_kernel, _fwd_args(x, x, f, f, f, m, n, d, 0, True, cfg, False)
+        fn, (args, kw) = _fwd_kernel, _fwd_args(x, x, f, f, f, f, m, n, d, 0, 0, True, True, cfg, False)
     else:
         fn, (args, kw) = _bwd_kernel, _bwd_args(x, x, f, f, f, x, f, f, (1.0, 1.0, 1.0), torch.ones(1), m, n, d, 0,
                                                 True, True, True, cfg, False)
@@ -328,10 +336,11 @@ if triton is not None and hasattr(torch.library, "triton_op"):
     from torch.library import triton_op, wrap_triton
 
     @triton_op("clipcore::contrastive_lse_fwd", mutates_args=())
-    def contrastive_lse_fwd(x: Tensor, y: Tensor, scale: Tensor, with_cols: bool, block_m: int, block_n: int,
-                            parts: int) -> tuple[Tensor, Tensor]:
-        """(M, D), (N, D), 0-dim -> row_lse (M,), col_lse (N,) (empty when not with_cols), fp32. block_m/block_n:
-        0 for the default of ``launch_config``."""
+    def contrastive_lse_fwd(x: Tensor, y: Tensor, scale: Tensor, with_cols: bool, offset: int, with_diag: bool,
+                            block_m: int, block_n: int, parts: int) -> tuple[Tensor, Tensor, Tensor]:
+        """(M, D), (N, D), 0-dim -> row_lse (M,), col_lse (N,) (empty when not with_cols), diag (M,) = the raw scores
+        x_i . y_{offset+i} of the same matmuls (empty when not with_diag), fp32. block_m/block_n: 0 for
+        ``launch_config``'s."""
         m, n, d = x.shape[0], y.shape[0], x.shape[1]
         cfg = launch_config("forward", d, x.dtype, block_m or None, block_n or None, _interpret())
         bm = cfg["BLOCK_M"]
@@ -339,15 +348,17 @@ if triton is not None and hasattr(torch.library, "triton_op"):
         row = torch.empty(m, dtype=torch.float32, device=x.device)
         col = torch.full((n if with_cols else 0,), float("-inf"), dtype=torch.float32, device=x.device)
         buf = torch.empty((parts, n) if with_cols else (1,), dtype=torch.float32, device=x.device)
+        diag = torch.empty(m if with_diag else 0, dtype=torch.float32, device=x.device)
         n_rb = triton.cdiv(m, bm)
         step = max(1, REDUCE_ELEMS // parts)
         for rb0 in range(0, n_rb, parts):
             k = min(parts, n_rb - rb0)
-            args, kw = _fwd_args(x, y, s, row, buf, m, n, d, rb0 * bm, with_cols, cfg, _interpret())
+            args, kw = _fwd_args(x, y, s, row, buf, diag, m, n, d, rb0 * bm, offset, with_cols, with_diag, cfg,
+                                 _interpret())
             wrap_triton(_fwd_kernel)[(k,)](*args, **kw)
             for c0 in range(0, n if with_cols else 0, step):  # column chunks: temporaries <= REDUCE_ELEMS
                 col[c0:c0 + step] = torch.logaddexp(col[c0:c0 + step], torch.logsumexp(buf[:k, c0:c0 + step], 0))
-        return row, col
+        return row, col, diag
 
     @triton_op("clipcore::contrastive_lse_bwd", mutates_args=())
     def contrastive_lse_bwd(x: Tensor, y: Tensor, scale: Tensor, row_lse: Tensor, col_lse: Tensor, coef: list[float],
@@ -383,11 +394,9 @@ class _TritonLSE(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, y, scale, w_r: float, w_c: float, w_t: float, offset: int, block_m: int, block_n: int,
                 parts: int):
-        from clipcore.fused import diag_dot
-
         with_cols = w_c != 0.0
-        row, col = contrastive_lse_fwd(x, y, scale, with_cols, block_m, block_n, parts)
-        target = diag_dot(x, y, offset) if w_t else row.new_zeros(())
+        row, col, diag = contrastive_lse_fwd(x, y, scale, with_cols, offset, w_t != 0.0, block_m, block_n, parts)
+        target = diag.sum()  # sum_i S_{i, offset+i} / s, the same numbers the row log-sum-exp saw
         ctx.save_for_backward(x, y, scale, row, col, target)
         ctx.cfg = (w_r, w_c, w_t, offset, block_m, block_n)
         out = w_r * row.sum() - w_t * scale.detach().float() * target
