@@ -1,7 +1,7 @@
 """Triton kernels for the tiled contrastive log-sum-exp: the score tiles never leave the chip.
 
 :func:`triton_lse` is the Triton twin of ``clipcore.fused._TiledLSE`` and returns the same 0-dim fp32
-value ``w_r * sum_i row_lse_i + w_c * sum_j col_lse_j`` with
+value ``w_r * sum_i row_lse_i + w_c * sum_j col_lse_j - w_t * sum_i S_{i, offset+i}`` with
 
     S = s X Y^T  (X: (M, D) rows, Y: (N, D) columns, s: the logit scale, a 0-dim tensor)
     row_lse (M,) = logsumexp_j S_ij,    col_lse (N,) = logsumexp_i S_ij.
@@ -15,46 +15,54 @@ Forward, ``_fwd_kernel``. Grid: one program per BLOCK_M row block, launched in c
 (BLOCK_N, D) of all N: S_ij = s X_i Y_j^T (one tl.dot, fp32 accumulator), an online (max, sum-exp)
 per row (flash-attention style) gives row_lse_i, and the same tile's column (max, sum-exp), as one
 value max + log(sum), is stored in a (parts, N) fp32 buffer row of its own. After each launch torch
-reduces the buffer over its rows (logsumexp) into col_lse with logaddexp: no atomics, no
-read-modify-write in the kernel, and the buffer is bounded (``parts`` rows; see :func:`_parts`).
+reduces the buffer over its rows (logsumexp, in column chunks of at most ``REDUCE_ELEMS``) into col_lse
+with logaddexp: no atomics, no read-modify-write in the kernel, and the buffer is bounded (``parts``
+rows; see :func:`_parts`). With diagonal targets the kernel also keeps the raw target score
+x_i . y_{offset+i} of the same tl.dot (only in the tiles the diagonal crosses), so the target term is
+made of the numbers the log-sum-exp saw (a batch of one gives exactly 0).
 Cost: 1 M x N x D matmul (the floor's first), 2 exp per score (row and column).
 
-Backward, ``_bwd_kernel``, given dLoss/drow_lse = g_r (M,) and dLoss/dcol_lse = g_c (N,) (the loss
-weights times the upstream gradient; torch.library.register_autograd passes them), with
-G_ij = g_r,i exp(S_ij - row_lse_i) + g_c,j exp(S_ij - col_lse_j) = dLoss/dS_ij:
-    dX = s G Y,    dY = s G^T X,    ds = sum_ij G_ij <x_i, y_j>.
+Backward, ``_bwd_kernel``. With W = max(w_r, w_c) times the upstream gradient and the relative weights
+w' = w / W, G/W = w_r' exp(S - row_lse_i) + w_c' exp(S - col_lse_j) - w_t' [j = offset + i] (dLoss/dS / W;
+O(1) entries: cast to fp16 they do not underflow, where the weight 0.5/B times a probability would), and
+    dX = s W (G/W) Y,    dY = s W (G/W)^T X,    ds = W sum_ij (G/W)_ij <x_i, y_j>  (target part added in torch).
 Grid: one program per BLOCK_M row block; it loads X_i once, streams Y_j, recomputes S_ij on-chip,
-forms G (cast to the input dtype for the matmuls, as the torch tiles do), accumulates (G Y)_i in an
-fp32 (BLOCK_M, D) register block, stored once as s (G Y)_i in the input dtype, and sum G * <x, y>
-in fp32 (one partial per program, summed in torch), and, by the module flag ``ATOMIC``:
-- True (default): adds G^T X_i into an fp32 (N, D) dY buffer with tl.atomic_add. Matmuls: forward 1
-  + backward 3 (recompute S, G Y, G^T X) = 4 M N D against the floor's 3: 1.33x in FLOPs, the only
-  layout here that leaves room under issue 6's 1.5x target. dY's fp32 summation order then varies
-  from run to run on GPU (not bitwise deterministic), and the atomics move BLOCK_N * D * 4 bytes per
-  tile; at D = 512 that traffic may bound the speed (unmeasured).
+forms G/W (cast to the input dtype for the matmuls, as the torch tiles do), accumulates (G/W Y)_i in an
+fp32 (BLOCK_M, D) register block, stored once as s W (G/W Y)_i in the input dtype, and the ds partial
+in fp32 (one per program, summed in torch), and, by the module flag ``ATOMIC``:
+- True (default): adds s W (G/W)^T X_i into an fp32 (N, D) dY buffer with relaxed atomics
+  (``tl.atomic_add(..., sem="relaxed")``: PTX atom.relaxed, not the default acq_rel, which orders every add
+  for nothing: only the sum matters); the buffer is then narrowed to the input dtype in place
+  (``clipcore.fused.narrow_``), so dY costs 4 bytes per element at its peak, not 4 + 2 + 4. Matmuls:
+  forward 1 + backward 3 (recompute S, G Y, G^T X) = 4 M N D against the floor's 3 (1.33x in FLOPs). dY's
+  fp32 summation order varies from run to run on GPU (not bitwise deterministic), and the atomics move
+  BLOCK_N * D * 4 bytes per tile (~137 GB at B = 64k, D = 512): they may bound the speed (unmeasured).
 - False: a second launch of the same kernel with the roles swapped (Y as rows, X as columns,
-  (col_lse, g_c) as the row statistics: G^T has the same form) accumulates dY in registers.
-  Deterministic, no atomics, but 5 M N D matmuls in all (1.67x the floor in FLOPs).
+  (col_lse, w_c') as the row statistics, the diagonal at i = j - offset: G^T has the same form) accumulates
+  dY in registers and writes it once in the input dtype. Deterministic, no atomics and no fp32 (N, D)
+  buffer, but 5 M N D matmuls in all (1.67x the floor in FLOPs).
 Besides the matmuls: 2 exp per score forward and 1-2 backward (row and column terms), all fp32.
-Extra memory: (M + N) fp32 statistics, the fp32 (N, D) dY buffer with atomics (as the torch tiles'
-fp32 dY accumulator) and the forward's (parts, N) buffer; never M x N.
+Extra memory: (M + N) fp32 statistics, the fp32 (N, D) dY buffer with atomics (narrowed in place) and the
+forward's (parts, N) buffer; never M x N.
 
-Registers/tiles. The kernels hold full-width rows (BLOCK_D = next power of two >= D): the X_i
-block, one Y_j block, the (BLOCK_M, BLOCK_N) score tile and, backward, the (BLOCK_M, BLOCK_D) fp32
-accumulator. At D = 512 that is 128 KiB of accumulator for BLOCK_M = 64, so the GPU defaults below
-are small blocks; they are guesses, **not measured or tuned on a GPU** (none was available), as is
-everything about speed here (a K-loop over D chunks or autotuning may be needed). tl.dot needs
-every block dimension >= 16.
+Launch configuration. The kernels hold full-width rows (BLOCK_D = next power of two >= D, D <= 1024):
+the X_i block, Y_j blocks (num_stages of them in flight when software-pipelined) and, backward, the
+(BLOCK_M, BLOCK_D) fp32 accumulator. Blocks, num_warps and num_stages come per kernel from ``CONFIGS``
+(by BLOCK_D and element size), chosen so that the shared memory of every configuration fits sm_80 and
+sm_90 as a launch compiles it: :func:`compile_for` / :func:`shared_memory_for` go through triton's own
+launch binder (same tt.divisibility specialisation, same options). Speed is **not measured or tuned on a
+GPU** (none was available; benchmarks/gpu_check.sh does it). tl.dot needs every block dimension >= 16.
 
 Registration: the kernels are launched through ``torch.library.wrap_triton`` inside the
-``torch.library.triton_op`` custom ops ``clipcore::contrastive_lse_fwd`` / ``_bwd``, tied together
-by ``register_autograd``, so torch.compile sees Triton kernel calls it can trace (not opaque ops).
+``torch.library.triton_op`` custom ops ``clipcore::contrastive_lse_fwd`` / ``_bwd``, called by the
+``torch.autograd.Function`` :class:`_TritonLSE` (which owns the loss weights, the target and the
+upstream gradient), so torch.compile sees Triton kernel calls it can trace (not opaque ops).
 Under ``TRITON_INTERPRET=1`` the same ops run eagerly on CPU tensors (numpy interpreter): that is how
 ``tests/test_fused_triton.py`` checks values and gradients. Tracing does not work under the
 interpreter (wrap_triton then returns the interpreted function, which fake tensors cannot run), so
 the test traces the ops without it, on fake CUDA tensors, into triton_kernel_wrapper_functional
-nodes. No direct-launch fallback was needed. Interpreter quirk: its tl.dot multiplies the raw bits
-of bf16 blocks, so under the interpreter 16-bit blocks are upcast to fp32 first (``DOT_F32``).
+nodes. Interpreter quirk: its tl.dot multiplies the raw bits of bf16 blocks, so under the interpreter
+16-bit blocks are upcast to fp32 first (``DOT_F32``).
 """
 from __future__ import annotations
 
