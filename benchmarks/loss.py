@@ -98,7 +98,7 @@ def make_impls(names: list[str], tile: int | None, device: str = "cpu") -> dict:
                       f"triton available: {triton_available(device)})")
                 continue
 
-            def fn(x, y, s):  # --tile: BLOCK_M (default clipcore.fused_triton.BLOCKS)
+            def fn(x, y, s):  # --tile: BLOCK_M of both kernels (default: clipcore.fused_triton.CONFIGS)
                 fused_contrastive_loss(x, y, s, tile=tile, kernel="triton").backward()
         else:
             raise SystemExit(f"--impls: unknown row {name!r}; choose from {', '.join(IMPLS)}")

@@ -26,7 +26,8 @@ import pytest
 
 HERE = Path(__file__).resolve()
 CASES = ["not_multiple_of_block", "two_pass_backward", "batch_of_one", "labels_with_duplicates", "scale_100",
-         "regulariser", "logit_bias", "distributed_rows_only", "bf16_close_to_fp32", "fp64_uses_torch_tiles", "errors"]
+         "regulariser", "logit_bias", "distributed_rows_only", "bf16_close_to_fp32", "bf16_autocast", "fp16_batch_of_one",
+         "fp64_uses_torch_tiles", "errors"]
 
 
 def _cases() -> dict:
@@ -76,6 +77,33 @@ def _cases() -> dict:
             err = (g.float() - w).abs().max().item()
             assert err <= max(0.05 * w.abs().max().item(), ATOL[torch.bfloat16]), f"output {i}: bf16 error {err:.3g}"
 
+    def bf16_autocast():
+        """Under bf16 autocast the Triton path runs in bf16 (inputs cast once), gradients come back in fp32 and are no
+        less accurate than the materialised loss's under the same autocast (against fp64)."""
+        b, d = 96, 32
+        x, y, _, _ = make_inputs(b, d, torch.float64, 1.0)
+        x, y = x.detach(), y.detach()
+        want = loss_and_grads(contrastive_loss, x.clone().requires_grad_(), y.clone().requires_grad_(),
+                              torch.tensor(50.0, dtype=torch.float64, requires_grad=True))
+        errs = {}
+        for name, fn in (("triton", lambda *a, **k: fused_contrastive_loss(*a, tile=16, **tri, **k)),
+                         ("materialised", contrastive_loss)):
+            xf, yf, s = x.float().requires_grad_(), y.float().requires_grad_(), torch.tensor(50.0, requires_grad=True)
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                loss = fn(xf, yf, s)
+            loss.backward()
+            assert xf.grad.dtype == torch.float32
+            errs[name] = max(((g.double() - w).abs().max() / w.abs().max()).item()
+                             for g, w in zip((xf.grad, yf.grad), want[1:3]))
+        assert errs["triton"] <= errs["materialised"], errs
+
+    def fp16_batch_of_one():
+        """A batch of one: loss and every gradient exactly 0 in fp16 and bf16 (the target is the kernel's own score)."""
+        for dt in (torch.float16, torch.bfloat16):
+            x, y, s, _ = make_inputs(1, 64, dt, 100.0, normalize=False)
+            got = loss_and_grads(fused_contrastive_loss, x, y, s, **tri)
+            assert all(float(t.abs().max()) == 0.0 for t in got), (dt, got)
+
     def errors():
         x = torch.randn(8, 4)
         for bad in (8, 24, 512):
@@ -108,6 +136,8 @@ def _cases() -> dict:
         "logit_bias": lambda: check(b=33, dtype=f32, scale=10.0, bias=-4.5, tile=16, **tri),
         "distributed_rows_only": distributed_rows_only,
         "bf16_close_to_fp32": bf16_close_to_fp32,
+        "bf16_autocast": bf16_autocast,
+        "fp16_batch_of_one": fp16_batch_of_one,
         "fp64_uses_torch_tiles": lambda: check(b=20, dtype=torch.float64, scale=5.0, tile=16, compile=False, **tri),
         "errors": errors,
     }
