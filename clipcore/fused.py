@@ -93,8 +93,8 @@ KEEP_MIB = {"cpu": 64, "cuda": 0}
 
 
 # ---------------------------------------------------------------- tile kernels
-# A tile's raw scores are one matmul, ``sc = X_i @ Y_j^T`` (:func:`_scores`: fp32 output on CUDA for 16-bit
-# inputs, else the input dtype), done by the caller; the logit scale ``s`` (0-dim, fp32) is applied here in fp32,
+# A tile's raw scores are one matmul, ``sc = X_i @ Y_j^T`` (:func:`_scores`: an fp32 result for 16-bit inputs,
+# else the input dtype), done by the caller; the logit scale ``s`` (0-dim, fp32) is applied here in fp32,
 # so neither the scores nor the scale are rounded to 16 bits. The kernels below are the elementwise/reduction
 # work on a score tile, in fp32 (fp64 for fp64 inputs): eager versions written in place, and functional twins
 # that torch.compile fuses into one or two loops (inductor: C++/OpenMP on CPU, Triton on GPU). The gradient
@@ -112,8 +112,8 @@ def _up(sc: Tensor) -> Tensor:
 def _scores(a: Tensor, b: Tensor) -> Tensor:
     """a (m, D) @ b (n, D)^T, for 16-bit inputs with an fp32 result (the scores are not rounded to 16 bits): on CUDA
     a 16-bit GEMM with fp32 output; on CPU (no such GEMM) an fp32 GEMM of the same, exactly representable values,
-    which is the same products and fp32 sums (and faster there: CPUs without native bf16 run bf16 GEMMs ~10x
-    slower). Measured under bf16 autocast (B = 512, d = 128, scale 100, against fp64): input-gradient error
+    which is the same products and fp32 sums (on an AVX2 CPU also faster than its bf16 GEMM, ~10x; on an AMX CPU
+    2.4x slower: benchmarks/README.md). Measured under bf16 autocast (B = 512, d = 128, scale 100, against fp64): input-gradient error
     0.9e-2 against 2.7e-2 with 16-bit scores and 1.6e-2 for the materialised loss."""
     if a.dtype in (torch.bfloat16, torch.float16):
         return torch.mm(a, b.T, out_dtype=torch.float32) if a.is_cuda else a.float() @ b.float().T
@@ -295,7 +295,7 @@ class _TiledLSE(torch.autograd.Function):
         s = scale.detach().to(acc)
         m, n = x.shape[0], y.shape[0]
         # G = dLoss/dS = W (exp(S - a_i) + exp(S - c_j) - w_t' [j = offset + i]), the relative weights folded into
-        # the shifts (w' exp(S - lse) = exp(S - (lse - log w'))); G / W is cast to x.dtype for the matmuls.
+        # the shifts (w' exp(S - lse) = exp(S - (lse - log w')); none when w_r = w_c); G / W is cast to cd.
         big, r_r, r_c, r_t = _weights(w_r, w_c, w_t)
         a = row_lse if r_r == 1.0 else row_lse - math.log(r_r)
         c = None if w_c == 0.0 else col_lse if r_c == 1.0 else col_lse - math.log(r_c)
@@ -321,7 +321,7 @@ class _TiledLSE(torch.autograd.Function):
                 else:
                     gx += _scores(g, yj.T)
                     dy[j0:j0 + tc] += _scores(g.T, xi.T)
-            # dLoss/ds = sum_ij G_ij <x_i, y_j> / s... = W sum_i <x_i, (G/W Y)_i>;  dLoss/dX_i = s W (G/W Y)_i.
+            # dLoss/ds = sum_ij G_ij <x_i, y_j> = W sum_i <x_i, (G/W Y)_i>;  dLoss/dX_i = s W (G/W Y)_i.
             dscale += (xi.to(acc) * gx).sum()
             if dx is not None:
                 dx[i0:i0 + tr] = gx.mul_(s * big * go)
