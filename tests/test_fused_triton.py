@@ -27,7 +27,7 @@ import pytest
 HERE = Path(__file__).resolve()
 CASES = ["not_multiple_of_block", "two_pass_backward", "batch_of_one", "labels_with_duplicates", "scale_100",
          "regulariser", "logit_bias", "distributed_rows_only", "bf16_close_to_fp32", "bf16_autocast", "fp16_batch_of_one",
-         "fp64_uses_torch_tiles", "errors"]
+         "memory_per_row", "fp64_uses_torch_tiles", "errors"]
 
 
 def _cases() -> dict:
@@ -38,7 +38,7 @@ def _cases() -> dict:
     import clipcore.fused_triton as ft
     from clipcore.fused import fused_contrastive_loss
     from clipcore.losses import contrastive_loss
-    from test_fused import ATOL, assert_match, check, loss_and_grads, make_inputs
+    from test_fused import ATOL, LiveTensorBytes, assert_match, check, loss_and_grads, make_inputs
 
     f32, tri = torch.float32, dict(kernel="triton")
 
@@ -104,6 +104,18 @@ def _cases() -> dict:
             got = loss_and_grads(fused_contrastive_loss, x, y, s, **tri)
             assert all(float(t.abs().max()) == 0.0 for t in got), (dt, got)
 
+    def memory_per_row():
+        """Peak extra tensor memory of forward + backward, bf16, d = 32, B = 128/256/512: exactly linear, 6 d + 8 bytes
+        per row = dX (2 d) + the fp32 dY atomics buffer (4 d, scaled in the kernel, narrowed to bf16 in place) + the
+        (B,) statistics. (A dY copy to bf16 would add 2 d, a separate dY * s another 4 d.)"""
+        d, peaks = 32, {}
+        for b in (128, 256, 512):
+            x, y, s, _ = make_inputs(b, d, torch.bfloat16, 10.0, normalize=False)
+            with LiveTensorBytes(existing=(x, y, s)) as live:
+                fused_contrastive_loss(x, y, s, **tri).backward()
+            peaks[b] = live.peak
+        assert peaks[512] - peaks[256] == 2 * (peaks[256] - peaks[128]) == 256 * (6 * d + 8), peaks
+
     def errors():
         x = torch.randn(8, 4)
         for bad in (8, 24, 512):
@@ -138,6 +150,7 @@ def _cases() -> dict:
         "bf16_close_to_fp32": bf16_close_to_fp32,
         "bf16_autocast": bf16_autocast,
         "fp16_batch_of_one": fp16_batch_of_one,
+        "memory_per_row": memory_per_row,
         "fp64_uses_torch_tiles": lambda: check(b=20, dtype=torch.float64, scale=5.0, tile=16, compile=False, **tri),
         "errors": errors,
     }
