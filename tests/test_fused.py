@@ -1,6 +1,7 @@
-"""clipcore.fused: values and gradients equal the materialised reference; memory; distributed form.
+"""clipcore.fused: values and gradients equal the materialised reference; memory (and its law up to B = 1M);
+distributed form; one precision per call under autocast; fp16; the --loss-kernel route.
 
-Run: ``pytest tests/test_fused.py`` (25-40 s on 2 busy CPU cores; one test compiles with inductor).
+Run: ``pytest tests/test_fused.py`` (35-55 s on 2 busy CPU cores; one test compiles with inductor).
 """
 from __future__ import annotations
 
