@@ -8,7 +8,7 @@ scale) are compared with the materialised ``clipcore.losses.contrastive_loss`` b
 (fp32: max error <= max(1e-5 x max |reference|, 1e-6) per tensor); bf16/fp16 cases, autocast and the memory
 per row are checked too. Two children run without the interpreter: one traces the two custom ops on fake CUDA
 tensors (no GPU needed) as torch.compile's AOTAutograd does; one compiles every default launch configuration
-for sm_80/sm_90 as a launch would and checks its shared memory. Sizes are tiny (B <= 96, D <= 64, blocks of
+for sm_80/sm_90 as a launch would and checks its shared memory. Sizes are tiny (B <= 512, D <= 64, blocks of
 16/32) because the interpreter is slow. GPU speed is not tested here (benchmarks/loss.py).
 
 Run: ``pytest tests/test_fused_triton.py`` (about 30-45 s on 2 busy CPU cores, mostly the children's imports).
