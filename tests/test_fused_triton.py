@@ -206,6 +206,10 @@ def _shared() -> dict:
     dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
     rows = {f"{arch} {d} {name} {kind}": shared for arch in SMEM for d in (128, 256, 512, 768, 1024)
             for name, dt in dtypes.items() for kind, shared in ft.shared_memory_for(arch, d, dt).items()}
+    # A width and a batch not divisible by 16 specialise differently (no tt.divisibility: other copies, other
+    # pipelining): one such launch per dtype and arch.
+    rows.update({f"{arch} 1000 {name} {kind} B=4097": shared for arch in SMEM for name, dt in dtypes.items()
+                 for kind, shared in ft.shared_memory_for(arch, 1000, dt, m=4097, n=4097).items()})
     full = ft.compile_for(90, 512, torch.bfloat16)
     return {"rows": rows, "full": {k: v.metadata.shared for k, v in full.items()},
             "fast": ft.shared_memory_for(90, 512, torch.bfloat16)}
@@ -266,12 +270,12 @@ def test_ops_trace_into_triton_kernel_nodes():
 
 def test_default_launch_configs_fit_shared_memory():
     """Every default configuration (clipcore.fused_triton.CONFIGS) fits sm_80 and sm_90 shared memory as a launch
-    compiles it (same specialisation, num_warps, num_stages), and the fast shared-memory path agrees with a full
-    compile. Without the launch's num_stages (triton's default 3) the old 64 x 32 blocks needed 262-271 KB at D = 512."""
+    compiles it (same specialisation, num_warps, num_stages; D = 128..1024 and an unaligned D = 1000 at B = 4097),
+    and the fast shared-memory path agrees with a full compile. Without the launch's num_stages (triton's default 3) the old 64 x 32 blocks needed 262-271 KB at D = 512."""
     res = _run_child(["--shared"], interpret=False)
     assert res["full"] == res["fast"], res
     over = {k: v for k, v in res["rows"].items() if not 0 < v <= SMEM[int(k.split()[0])]}
-    assert len(res["rows"]) == 2 * 5 * 3 * 2 and not over, over
+    assert len(res["rows"]) == 2 * 6 * 3 * 2 and not over, over
 
 
 if __name__ == "__main__":
