@@ -228,7 +228,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
             def emit(name, rec, batch=batch, dt=dt):
                 rec = {"impl": name, "batch": batch, "dtype": dt, "dim": args.dim, "device_name": dev_name, **rec}
                 print(f"  {name} B={batch} {dt}: " + ", ".join(f"{k} {v:.1f}" if isinstance(v, float) else f"{k} {v}"
-                                                       for k, v in rec.items() if k in ("phase", "ms", "peak_mib", "note")),
+                                                       for k, v in rec.items()
+                                                       if k in ("phase", "ms", "peak_mib", "note") and v is not None),
                       flush=True)
                 append(rec)
 
