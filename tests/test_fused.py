@@ -343,7 +343,7 @@ def test_bf16_autocast_one_precision_forward_and_backward(keep_mib):
 # ---------------------------------------------------------------- memory law up to B = 1M
 def test_memory_linear_in_batch_and_under_4gib_at_1m():
     """Peak extra memory of one forward + backward, bf16, d = 512, with the CUDA defaults (8192^2 tiles, no kept
-    tiles), at B = 64k, 96k, 128k (FakeTensorMode: no data; ~9 s): exactly linear in B (the tiles are a constant,
+    tiles; the eager tile code, whose temporaries inductor's fused tiles do not exceed), at B = 64k, 96k, 128k (FakeTensorMode: no data; ~9 s): exactly linear in B (the tiles are a constant,
     every other buffer is O(B d)), and the line extrapolated to B = 1,048,576 is <= 4 GiB. On CPU the 16-bit scores
     are an fp32 GEMM of the 16-bit values, fp32 tiles as CUDA's 16-bit GEMM with fp32 output gives (plus two
     (8192, 512) fp32 operand copies). What scales with B: dX (bf16, 2 B d bytes), the fp32 dY accumulator (4 B d,
