@@ -6,9 +6,9 @@ Triton compiles to PTX and ptxas (shipped with triton) assembles it for the targ
 machine; no driver is needed. What this cannot tell is speed: it answers whether a block shape fits the SM (shared
 memory <= 227 KiB on sm_90) and whether the kernel spills registers to local memory (a spill in the inner loop
 costs bandwidth). Kernels of clipcore/fused_triton.py: forward (row log-sum-exp + column partials) and backward
-(atomic dY layout), fp32 accumulation, compiled by ``ft.compile_for`` exactly as ``fused_contrastive_loss(...,
+(atomic dY layout), fp32 accumulation, compiled by ``clipcore.fused_triton_aot.compile_for`` exactly as ``fused_contrastive_loss(...,
 kernel="triton")`` launches them (the launch's specialisation, num_warps and num_stages; ``--blocks default`` is the
-launch configuration table ``ft.CONFIGS``).
+launch configuration table ``clipcore.fused_triton.CONFIGS``).
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ import tempfile
 import torch
 import triton
 
-from clipcore import fused_triton as ft
+from clipcore import fused_triton_aot as aot
 
 SMEM_LIMIT = {90: 232448, 80: 166912}        # bytes of shared memory one block may use (sm_90: 227 KiB)
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -59,7 +59,7 @@ def main(argv=None) -> None:
             over = {} if blk == "default" else dict(zip(("block_m", "block_n", "num_warps", "num_stages"),
                                                         (int(x) for x in blk.split("x"))))
             try:
-                kernels = ft.compile_for(a.arch, d, dtype, **over)
+                kernels = aot.compile_for(a.arch, d, dtype, **over)
             except Exception as e:        # e.g. ptxas: too few registers per thread at 16 warps
                 reason = next((ln for ln in str(e).splitlines() if "fatal" in ln), str(e).splitlines()[0])
                 rows.append({"dim": d, **over, "error": reason})

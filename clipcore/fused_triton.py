@@ -49,9 +49,10 @@ Launch configuration. The kernels hold full-width rows (BLOCK_D = next power of 
 the X_i block, Y_j blocks (num_stages of them in flight when software-pipelined) and, backward, the
 (BLOCK_M, BLOCK_D) fp32 accumulator. Blocks, num_warps and num_stages come per kernel from ``CONFIGS``
 (by BLOCK_D and element size), chosen so that the shared memory of every configuration fits sm_80 and
-sm_90 as a launch compiles it: :func:`compile_for` / :func:`shared_memory_for` go through triton's own
-launch binder (same tt.divisibility specialisation, same options). Speed is **not measured or tuned on a
-GPU** (none was available; benchmarks/gpu_check.sh does it). tl.dot needs every block dimension >= 16.
+sm_90 as a launch compiles it: ``clipcore.fused_triton_aot`` (compile_for, shared_memory_for) goes
+through triton's own launch binder (same tt.divisibility specialisation, same options). Speed is **not
+measured or tuned on a GPU** (none was available; benchmarks/gpu_check.sh does it). tl.dot needs every
+block dimension >= 16.
 
 Registration: the kernels are launched through ``torch.library.wrap_triton`` inside the
 ``torch.library.triton_op`` custom ops ``clipcore::contrastive_lse_fwd`` / ``_bwd``, called by the
@@ -78,8 +79,8 @@ except ImportError:  # pragma: no cover - triton_available() is False then
     triton = tl = None
 
 # Launch configurations, per kernel, by (BLOCK_D, bytes per input element): (BLOCK_M, BLOCK_N, num_warps, num_stages).
-# Chosen with :func:`shared_memory_for` (the kernels as a launch compiles them) as the largest blocks, then the most
-# pipeline stages (3, 2, 1), whose shared memory fits both sm_80 (A100, 163 KiB) and sm_90 (H100/H200, 227 KiB); the
+# Chosen with ``fused_triton_aot.shared_memory_for`` (the kernels as a launch compiles them) as the largest blocks,
+# then the most pipeline stages (3, 2, 1), whose shared memory fits both sm_80 (A100, 163 KiB) and sm_90 (H100/H200, 227 KiB); the
 # backward stays at <= 64 x 32 and at 32 x 32 from D = 512 (larger blocks spill its fp32 (BLOCK_M, D) accumulator:
 # benchmarks/README.md). Fit is tested for D = 128..1024 x fp32/bf16/fp16 (tests/test_fused_triton.py); speed is NOT
 # measured (no GPU was available): benchmarks/gpu_check.sh times them. (triton's defaults, num_stages = 3 and 64 x 32
@@ -230,101 +231,17 @@ if triton is not None:
 
 def _fwd_args(x, y, s, row, buf, diag, m: int, n: int, d: int, row0: int, off: int, with_cols: bool, with_diag: bool,
               cfg: dict, interpret: bool):
-    """(positional args, keyword args) of one _fwd_kernel launch: shared by the op and :func:`compile_for`."""
+    """(positional args, keyword args) of one _fwd_kernel launch: shared by the op and fused_triton_aot."""
     return ((x, y, s, row, buf, diag, m, n, d, x.stride(0), y.stride(0), row0, off),
             dict(WITH_COLS=with_cols, WITH_DIAG=with_diag, **cfg, **_dot_opts(x.dtype, interpret)))
 
 
 def _bwd_args(x, y, s, r, c, dx, dy, ds, coef: tuple[float, float, float], gmul, m: int, n: int, d: int, off: int,
               has_r: bool, has_c: bool, atomic: bool, cfg: dict, interpret: bool):
-    """(positional args, keyword args) of one _bwd_kernel launch: shared by the op and :func:`compile_for`."""
+    """(positional args, keyword args) of one _bwd_kernel launch: shared by the op and fused_triton_aot."""
     return ((x, y, s, r, c, dx, dy, ds, *coef, gmul, m, n, d, x.stride(0), y.stride(0), off),
             dict(HAS_R=has_r, HAS_C=has_c, HAS_T=coef[2] != 0.0, ATOMIC_DY=atomic, **cfg,
                  **_dot_opts(x.dtype, interpret)))
-
-
-def _launch_source(arch: int, d: int, dtype: torch.dtype, kind: str, m: int, n: int, overrides: dict):
-    """(target, backend, ASTSource, options) of one kernel as a launch on (m, D) x (n, D) inputs compiles it."""
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource, make_backend
-    from triton.runtime.jit import create_function_from_signature
-
-    target = GPUTarget("cuda", arch, 32)
-    backend = make_backend(target)
-    x, f = _Strided(torch.empty(0, dtype=dtype), d), torch.empty(0)  # only dtype, stride and a 16-aligned address matter
-    cfg = launch_config(kind, d, dtype, overrides.get("block_m"), overrides.get("block_n"))
-    cfg.update({k: overrides[k] for k in ("num_warps", "num_stages") if overrides.get(k) is not None})
-    if kind == "forward":
-        fn, (args, kw) = _fwd_kernel, _fwd_args(x, x, f, f, f, f, m, n, d, 0, 0, True, True, cfg, False)
-    else:
-        fn, (args, kw) = _bwd_kernel, _bwd_args(x, x, f, f, f, x, f, f, (1.0, 1.0, 1.0), torch.ones(1), m, n, d, 0,
-                                                True, True, True, cfg, False)
-    args = tuple(a.t if isinstance(a, _Strided) else a for a in args)
-    binder = create_function_from_signature(fn.signature, fn.params, backend)  # the launch's own binder
-    bound, spec, opts = binder(*args, **kw)
-    options, signature, constexprs, attrs = fn._pack_args(backend, kw, bound, spec, opts)
-    return target, backend, ASTSource(fn, signature, constexprs, attrs), options
-
-
-def compile_for(arch: int, d: int, dtype: torch.dtype = torch.bfloat16, *, m: int = 65536, n: int = 65536,
-                kernels: tuple[str, ...] = ("forward", "backward"), **overrides) -> dict:
-    """Compile the forward and the (atomic) backward kernel for ``sm_<arch>`` exactly as a launch on (m, D) x (n, D)
-    inputs of ``dtype`` compiles them -> {"forward": kernel, "backward": kernel}. Needs no GPU (PTX, then the ptxas
-    shipped with triton). "Exactly": the arguments go through triton's own launch binder (runtime.jit
-    create_function_from_signature + JITFunction._pack_args, triton 3.8), so the kernel gets the specialisation a
-    launch gives (16-aligned pointers and integers divisible by 16 marked tt.divisibility=16, integers equal to 1
-    made constant) and the options (num_warps, num_stages: :func:`launch_config`'s unless given in ``overrides``,
-    with block_m, block_n). benchmarks/triton_static.py reads shared memory and register use from the result."""
-    out = {}
-    for kind in kernels:
-        target, _, src, options = _launch_source(arch, d, dtype, kind, m, n, overrides)
-        out[kind] = triton.compile(src, target=target, options=options.__dict__)
-    return out
-
-
-def shared_memory_for(arch: int, d: int, dtype: torch.dtype = torch.bfloat16, *, m: int = 65536, n: int = 65536,
-                      kernels: tuple[str, ...] = ("forward", "backward"), **overrides) -> dict:
-    """{kernel: bytes of shared memory} as :func:`compile_for`'s kernels have it, in ~0.3 s instead of 1-70 s: the
-    same source and options through triton's ttir and ttgir stages (software pipelining, layouts), then the first
-    passes of its make_llir up to and including shared-memory allocation (triton 3.8's nvidia backend order), without
-    the LLVM and ptxas work. tests/test_fused_triton.py checks it equals compile_for's metadata.shared."""
-    from triton._C.libtriton import ir, nvidia, passes
-    from triton.backends.nvidia.compiler import get_ptx_version_from_options
-
-    out = {}
-    for kind in kernels:
-        target, backend, src, options = _launch_source(arch, d, dtype, kind, m, n, overrides)
-        stages: dict = {}
-        backend.add_stages(stages, options, src.language)
-        ctx = ir.context()
-        ir.load_dialects(ctx)
-        backend.load_dialects(ctx)
-        mod = src.make_ir(target, options, backend.get_codegen_implementation(options), backend.get_module_map(), ctx)
-        meta = {"target": target, **options.__dict__}
-        mod = stages["ttgir"](stages["ttir"](mod, meta), meta)
-        pm = ir.pass_manager(mod.context)
-        passes.ttgpuir.add_combine_tensor_select_and_if(pm)
-        passes.ttgpuir.add_allocate_warp_groups(pm, False)
-        passes.convert.add_scf_to_cf(pm)
-        passes.gluon.add_inliner(pm)
-        nvidia.passes.ttgpuir.add_allocate_shared_memory_nv(pm, arch, get_ptx_version_from_options(options, arch))
-        pm.run(mod, "shared_memory_for")
-        out[kind] = mod.get_int_attr("ttg.shared")
-    return out
-
-
-class _Strided:
-    """A placeholder (m, D) row-major input for compile_for: its tensor ``t`` (empty: dtype and address) and stride."""
-
-    def __init__(self, t: Tensor, d: int):
-        self.t, self._d = t, d
-
-    def stride(self, i: int) -> int:
-        return self._d
-
-    @property
-    def dtype(self):
-        return self.t.dtype
 
 
 def _parts(n_row_blocks: int, n: int, device: torch.device) -> int:

@@ -196,23 +196,23 @@ SMEM = {80: 166912, 90: 232448}  # bytes of shared memory one block may use: A10
 def _shared() -> dict:
     """Child process without the interpreter (which never compiles): the shared memory of every default launch
     configuration, D in {128, 256, 512, 768, 1024} x {fp32, bf16, fp16} x sm_80/sm_90, as a launch compiles the kernels
-    (clipcore.fused_triton.shared_memory_for: triton's own binder and stages up to shared-memory allocation; no GPU),
+    (clipcore.fused_triton_aot.shared_memory_for: triton's own binder and stages up to shared-memory allocation; no GPU),
     and one full compile to PTX + cubin (compile_for, bf16, D = 512, sm_90) whose metadata.shared must agree."""
     import torch
 
     sys.path[:0] = [str(HERE.parents[1])]
-    import clipcore.fused_triton as ft
+    import clipcore.fused_triton_aot as aot
 
     dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
     rows = {f"{arch} {d} {name} {kind}": shared for arch in SMEM for d in (128, 256, 512, 768, 1024)
-            for name, dt in dtypes.items() for kind, shared in ft.shared_memory_for(arch, d, dt).items()}
+            for name, dt in dtypes.items() for kind, shared in aot.shared_memory_for(arch, d, dt).items()}
     # A width and a batch not divisible by 16 specialise differently (no tt.divisibility: other copies, other
     # pipelining): one such launch per dtype and arch.
     rows.update({f"{arch} 1000 {name} {kind} B=4097": shared for arch in SMEM for name, dt in dtypes.items()
-                 for kind, shared in ft.shared_memory_for(arch, 1000, dt, m=4097, n=4097).items()})
-    full = ft.compile_for(90, 512, torch.bfloat16)
+                 for kind, shared in aot.shared_memory_for(arch, 1000, dt, m=4097, n=4097).items()})
+    full = aot.compile_for(90, 512, torch.bfloat16)
     return {"rows": rows, "full": {k: v.metadata.shared for k, v in full.items()},
-            "fast": ft.shared_memory_for(90, 512, torch.bfloat16)}
+            "fast": aot.shared_memory_for(90, 512, torch.bfloat16)}
 
 
 def _child(names: list[str]) -> None:
