@@ -80,11 +80,11 @@ except ImportError:  # pragma: no cover - triton_available() is False then
 
 # Launch configurations, per kernel, by (BLOCK_D, bytes per input element): (BLOCK_M, BLOCK_N, num_warps, num_stages).
 # Chosen with ``fused_triton_aot.shared_memory_for`` (the kernels as a launch compiles them) as the largest blocks,
-# then the most pipeline stages (3, 2, 1), whose shared memory fits both sm_80 (A100, 163 KiB) and sm_90 (H100/H200, 227 KiB); the
-# backward stays at <= 64 x 32 and at 32 x 32 from D = 512 (larger blocks spill its fp32 (BLOCK_M, D) accumulator:
-# benchmarks/README.md). Fit is tested for D = 128..1024 x fp32/bf16/fp16 (tests/test_fused_triton.py); speed is NOT
-# measured (no GPU was available): benchmarks/gpu_check.sh times them. (triton's defaults, num_stages = 3 and 64 x 32
-# blocks, need 262-271 KB at D = 512: over sm_90's 227 KiB, OutOfResources on the first launch.)
+# then the most pipeline stages (3, 2, 1), whose shared memory fits both sm_80 (A100, 163 KiB) and sm_90 (H100/H200,
+# 227 KiB); the backward stays at <= 64 x 32 and at 32 x 32 from D = 512 (larger blocks spill its fp32 (BLOCK_M, D)
+# accumulator: benchmarks/README.md). Fit is tested for D = 128..1024 x fp32/bf16/fp16 (tests/test_fused_triton.py);
+# speed is NOT measured (no GPU was available): benchmarks/gpu_check.sh times them. (triton's defaults, num_stages = 3
+# and 64 x 32 blocks, need 262-271 KB at D = 512: over sm_90's 227 KiB, OutOfResources on the first launch.)
 CONFIGS = {
     "forward": {(128, 2): (64, 64, 8, 3), (256, 2): (64, 64, 8, 3), (512, 2): (64, 64, 8, 2), (1024, 2): (64, 32, 8, 1),
                 (128, 4): (64, 64, 8, 3), (256, 4): (64, 64, 8, 2), (512, 4): (32, 32, 8, 2), (1024, 4): (16, 16, 4, 2)},
