@@ -33,7 +33,7 @@ in fp32 (one per program, summed in torch), and, by the module flag ``ATOMIC``:
 - True (default): adds s W (G/W)^T X_i into an fp32 (N, D) dY buffer with relaxed atomics
   (``tl.atomic_add(..., sem="relaxed")``: PTX atom.relaxed, not the default acq_rel, which orders every add
   for nothing: only the sum matters); the buffer is then narrowed to the input dtype in place
-  (``clipcore.fused.narrow_``), so dY costs 4 bytes per element at its peak, not 4 + 2 + 4. Matmuls:
+  (``clipcore.fused_tiles.narrow_``), so dY costs 4 bytes per element at its peak, not 4 + 2 + 4. Matmuls:
   forward 1 + backward 3 (recompute S, G Y, G^T X) = 4 M N D against the floor's 3 (1.33x in FLOPs). dY's
   fp32 summation order varies from run to run on GPU (not bitwise deterministic), and the atomics move
   BLOCK_N * D * 4 bytes per tile (~137 GB at B = 64k, D = 512): they may bound the speed (unmeasured).
@@ -309,7 +309,7 @@ if triton is not None and hasattr(torch.library, "triton_op"):
             args, kw = _bwd_args(y, x, s, col_lse, row_lse, dy, dx, ds_t, (wc, wr, wt), gm, n, m, d, -offset,
                                  with_cols, True, False, cfg, _interpret())
             wrap_triton(_bwd_kernel)[(triton.cdiv(n, bm),)](*args, **kw)
-        from clipcore.fused import narrow_
+        from clipcore.fused_tiles import narrow_
         return dx, narrow_(dy, y.dtype) if atomic else dy, ds.sum()
 
 
