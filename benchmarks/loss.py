@@ -18,7 +18,8 @@ Rows, per (batch B, dtype), on L2-normalised (B, dim) embeddings with logit scal
                   default keeps up to 64 MiB of tiles; on CUDA the default already is pure recompute);
   fused-triton    fused_contrastive_loss(kernel="triton"): the hand-written Triton kernels of
                   clipcore.fused_triton, score tiles on-chip (CUDA only; skipped with a note elsewhere).
-ms: median of --reps timed fwd+bwd calls after one warm-up call; the reps of all rows are interleaved
+ms: median of --reps timed fwd+bwd calls after one warm-up call (on CUDA the first timed call also measures the
+peak; so --reps 1 makes 2 calls per row); the reps of all rows are interleaved
 (rep 1 of every row, then rep 2, ...) so that load drift on a shared machine hits every row alike, and
 each row is reported as a ratio to the floor measured in the same run.
 peak_mib: extra memory of one fwd+bwd call over what was allocated before it (inputs not counted,
@@ -97,7 +98,7 @@ def make_impls(names: list[str], tile: int | None, device: str = "cpu") -> dict:
                       f"triton available: {triton_available(device)})")
                 continue
 
-            def fn(x, y, s):  # --tile: BLOCK_M (default clipcore.fused_triton.BLOCKS)
+            def fn(x, y, s):  # --tile: BLOCK_M of both kernels (default: clipcore.fused_triton.CONFIGS)
                 fused_contrastive_loss(x, y, s, tile=tile, kernel="triton").backward()
         else:
             raise SystemExit(f"--impls: unknown row {name!r}; choose from {', '.join(IMPLS)}")
@@ -119,41 +120,69 @@ def cpu_peak_bytes(run) -> int:
     return peak
 
 
-def bench_one(impls: dict, batch: int, dtype: torch.dtype, dim: int, device: str, reps: int) -> dict:
-    """{impl: (ms or None, peak_mib or None, note)} for one (batch, dtype)."""
+def one_line(err: BaseException) -> str:
+    """An exception as one line: its type and the first line of its message."""
+    msg = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {msg[0][:300] if msg else ''}"
+
+
+def bench_one(impls: dict, batch: int, dtype: torch.dtype, dim: int, device: str, reps: int, emit=None) -> dict:
+    """{impl: (ms or None, peak_mib or None, note)} for one (batch, dtype).
+
+    Each row runs in its own try: any failure (out of memory, a compile error, a kernel that does not launch) is
+    that row's note, the other rows go on. Calls per row: one warm-up, one measured call (peak memory and the
+    first timing), then reps - 1 more timed calls interleaved with the other rows'. ``emit(name, record)`` is
+    called the moment a row's first measured call (or its failure) exists.
+    """
     gen = torch.Generator(device="cpu").manual_seed(0)
     x = F.normalize(torch.randn(batch, dim, generator=gen), dim=1).to(device, dtype).requires_grad_()
     y = F.normalize(torch.randn(batch, dim, generator=gen), dim=1).to(device, dtype).requires_grad_()
     s = torch.tensor(100.0, device=device, requires_grad=True)
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    emit = emit or (lambda name, rec: None)
 
     def call(fn):
         fn(x, y, s)
         sync()
 
+    def timed(fn) -> float:
+        x.grad = y.grad = s.grad = None  # every measured call allocates the gradients
+        t0 = time.perf_counter()
+        call(fn)
+        return (time.perf_counter() - t0) * 1e3
+
     results, live = {}, {}
     for name, fn in impls.items():
         try:
             call(fn)  # warm-up (and compilation)
-            x.grad = y.grad = s.grad = None  # the measured call allocates the gradients
             if device == "cuda":
+                x.grad = y.grad = s.grad = None
                 torch.cuda.reset_peak_memory_stats()
                 base = torch.cuda.memory_allocated()
-                call(fn)
+                first = timed(fn)
                 peak = torch.cuda.max_memory_allocated() - base
             else:
-                peak = cpu_peak_bytes(lambda: call(fn))
-            live[name] = (fn, peak / 2**20, [])
+                first = None
+                peak = cpu_peak_bytes(lambda: call(fn))  # the profiler slows the call: not a timing
+            live[name] = (fn, peak / 2**20, [] if first is None else [first])
+            emit(name, {"phase": "first call", "ms": first, "peak_mib": peak / 2**20})
         except (torch.OutOfMemoryError, MemoryError) as err:
             results[name] = (None, None, f"out of memory ({type(err).__name__})")
+        except Exception as err:  # one row's failure is its note, not the end of the run
+            results[name] = (None, None, f"failed: {one_line(err)}")
+        if name in results:
+            emit(name, {"phase": "failed", "note": results[name][2]})
         if device == "cuda":
             torch.cuda.empty_cache()
     for _ in range(reps):  # interleaved: load drift hits every row alike
-        for name, (fn, _, times) in live.items():
-            x.grad = y.grad = s.grad = None
-            t0 = time.perf_counter()
-            call(fn)
-            times.append((time.perf_counter() - t0) * 1e3)
+        for name, (fn, _, times) in list(live.items()):
+            if len(times) >= reps:
+                continue
+            try:
+                times.append(timed(fn))
+            except Exception as err:
+                results[name] = (None, live.pop(name)[1], f"failed in a timed call: {one_line(err)}")
+                emit(name, {"phase": "failed", "note": results[name][2]})
     for name, (fn, peak, times) in live.items():
         results[name] = (statistics.median(times), peak, "")
     return results
@@ -169,7 +198,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--reps", type=int, default=5, help="timed calls per row (median reported)")
     p.add_argument("--tile", type=int, default=None, help="fused row tile (default: auto)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
-    p.add_argument("--json", type=Path, default=None, help="write the records here")
+    p.add_argument("--json", type=Path, default=None, help="write the records here (a JSON list, at the end)")
+    p.add_argument("--jsonl", type=Path, default=None,
+                   help="append each record here as a JSON line the moment it exists (progress lines included)")
     args = p.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA device is visible to torch (torch.cuda.is_available() is False)")
@@ -183,11 +214,26 @@ def main(argv: list[str] | None = None) -> list[dict]:
     dev_name = device_name(args.device)
     print(f"device: {args.device} ({dev_name}), torch {torch.__version__}, dim {args.dim}, reps {args.reps}")
     header = f"{'impl':<16}{'batch':>9}{'dtype':>7}{'ms':>12}{'x floor':>9}{'peak MiB':>11}"
-    print(header)
+    print(header, flush=True)
     records = []
+
+    def append(rec: dict) -> None:
+        if args.jsonl:
+            args.jsonl.parent.mkdir(parents=True, exist_ok=True)
+            with args.jsonl.open("a") as f:
+                f.write(json.dumps({"script": "loss.py", **rec}) + "\n")
+
     for dt in args.dtypes.split(","):
         for batch in (int(b) for b in args.batch_sizes.split(",")):
-            res = bench_one(impls, batch, DTYPES[dt], args.dim, args.device, args.reps)
+            def emit(name, rec, batch=batch, dt=dt):
+                rec = {"impl": name, "batch": batch, "dtype": dt, "dim": args.dim, "device_name": dev_name, **rec}
+                print(f"  {name} B={batch} {dt}: " + ", ".join(f"{k} {v:.1f}" if isinstance(v, float) else f"{k} {v}"
+                                                       for k, v in rec.items()
+                                                       if k in ("phase", "ms", "peak_mib", "note") and v is not None),
+                      flush=True)
+                append(rec)
+
+            res = bench_one(impls, batch, DTYPES[dt], args.dim, args.device, args.reps, emit)
             floor = res.get("floor", (None,))[0]
             for name in impls:
                 ms, peak, note = res[name]
@@ -197,6 +243,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 if note:
                     rec["note"] = note
                 records.append(rec)
+                append(rec)
                 fmt = lambda v, f: format(v, f) if v is not None else "-"  # noqa: E731
                 print(f"{name:<16}{batch:>9}{dt:>7}{fmt(ms, '12.1f')}{fmt(ratio, '9.2f')}{fmt(peak, '11.1f')}"
                       + (f"  {note}" if note else ""), flush=True)

@@ -6,7 +6,9 @@ Triton compiles to PTX and ptxas (shipped with triton) assembles it for the targ
 machine; no driver is needed. What this cannot tell is speed: it answers whether a block shape fits the SM (shared
 memory <= 227 KiB on sm_90) and whether the kernel spills registers to local memory (a spill in the inner loop
 costs bandwidth). Kernels of clipcore/fused_triton.py: forward (row log-sum-exp + column partials) and backward
-(atomic dY layout), bf16 inputs, fp32 accumulation, as ``fused_contrastive_loss(..., kernel="triton")`` launches them.
+(atomic dY layout), fp32 accumulation, compiled by ``clipcore.fused_triton_aot.compile_for`` exactly as ``fused_contrastive_loss(...,
+kernel="triton")`` launches them (the launch's specialisation, num_warps and num_stages; ``--blocks default`` is the
+launch configuration table ``clipcore.fused_triton.CONFIGS``).
 """
 from __future__ import annotations
 
@@ -17,11 +19,13 @@ import re
 import subprocess
 import tempfile
 
+import torch
 import triton
 
-from clipcore import fused_triton as ft
+from clipcore import fused_triton_aot as aot
 
 SMEM_LIMIT = {90: 232448, 80: 166912}        # bytes of shared memory one block may use (sm_90: 227 KiB)
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def ptxas_usage(ptx: str, arch: int) -> dict:
@@ -40,30 +44,37 @@ def ptxas_usage(ptx: str, arch: int) -> dict:
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--dims", default="256,512")
-    p.add_argument("--blocks", default="64x32x8,32x32x8,32x32x4,64x64x8,64x32x16", help="BLOCK_MxBLOCK_Nxnum_warps, comma-separated")
+    p.add_argument("--blocks", default="default",
+                   help="'default' (clipcore.fused_triton.CONFIGS) or BLOCK_MxBLOCK_Nxnum_warpsxnum_stages, comma-separated")
     p.add_argument("--arch", type=int, default=90)
-    p.add_argument("--dtype", default="bf16")
+    p.add_argument("--dtype", default="bf16", choices=sorted(DTYPES))
     p.add_argument("--json", default=None)
     a = p.parse_args(argv)
+    dtype = DTYPES[a.dtype]
     rows = []
-    print(f"| kernel | D | BLOCK_M x BLOCK_N | warps | shared KiB | fits sm_{a.arch} | registers | spill stores B |")
-    print("|---|---:|---|---:|---:|---|---:|---:|")
+    print(f"| kernel | D | BLOCK_M x BLOCK_N | warps | stages | shared KiB | fits sm_{a.arch} | registers | spill stores B |")
+    print("|---|---:|---|---:|---:|---:|---|---:|---:|")
     for d in (int(x) for x in a.dims.split(",")):
         for blk in a.blocks.split(","):
-            bm, bn, warps = (int(x) for x in blk.split("x"))
+            over = {} if blk == "default" else dict(zip(("block_m", "block_n", "num_warps", "num_stages"),
+                                                        (int(x) for x in blk.split("x"))))
             try:
-                kernels = ft.compile_for(a.arch, d, bm, bn, warps, a.dtype)
+                kernels = aot.compile_for(a.arch, d, dtype, **over)
             except Exception as e:        # e.g. ptxas: too few registers per thread at 16 warps
                 reason = next((ln for ln in str(e).splitlines() if "fatal" in ln), str(e).splitlines()[0])
-                rows.append({"dim": d, "block_m": bm, "block_n": bn, "num_warps": warps, "error": reason})
-                print(f"| forward + backward | {d} | {bm} x {bn} | {warps} | compile error: {reason[:90]} |||||")
+                rows.append({"dim": d, **over, "error": reason})
+                print(f"| forward + backward | {d} | {blk} | compile error: {reason[:90]} ||||||")
                 continue
             for name, k in kernels.items():
-                row = {"kernel": name, "dim": d, "block_m": bm, "block_n": bn, "num_warps": warps, "dtype": a.dtype,
-                       "arch": a.arch, "shared_bytes": k.metadata.shared, **ptxas_usage(k.asm["ptx"], a.arch)}
+                md, const = k.metadata, lambda n, k=k: k.src.constants[(k.src.fn.arg_names.index(n),)]  # noqa: E731
+                row = {"kernel": name, "dim": d, "block_m": const("BLOCK_M"), "block_n": const("BLOCK_N"),
+                       "num_warps": md.num_warps,
+                       "num_stages": md.num_stages, "dtype": a.dtype, "arch": a.arch, "default": blk == "default",
+                       "shared_bytes": md.shared, **ptxas_usage(k.asm["ptx"], a.arch)}
                 row["fits"] = row["shared_bytes"] <= SMEM_LIMIT.get(a.arch, 232448)
                 rows.append(row)
-                print(f"| {name} | {d} | {bm} x {bn} | {warps} | {row['shared_bytes'] / 1024:.0f} | "
+                print(f"| {name} | {d} | {row['block_m']} x {row['block_n']}{' (default)' if row['default'] else ''} | "
+                      f"{row['num_warps']} | {row['num_stages']} | {row['shared_bytes'] / 1024:.0f} | "
                       f"{'yes' if row['fits'] else 'NO'} | {row['registers']} | {row['spill_stores']} |", flush=True)
     if a.json:
         with open(a.json, "w") as f:

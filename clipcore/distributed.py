@@ -201,10 +201,11 @@ def local_contrastive_loss(image: Tensor, text: Tensor, logit_scale: Tensor, *, 
 
 
 def gathered_loss(full, name: str, *, impl: str = "fused", local_loss: bool = True, gather_with_grad: bool = True,
-                  reg_lambda: float = 0.1, reg_pairs: str = "pos", reg_over_tau: bool = False):
+                  reg_lambda: float = 0.1, reg_pairs: str = "pos", reg_over_tau: bool = False, kernel: str = "auto"):
     """Wrap ``full = clipcore.losses.make_loss(name, ...)`` into ``fn(image, text, logit_scale, labels=None)``:
     the loss of the *global* batch under torchrun, ``full`` itself otherwise. Every rank must call it once per
     step (it gathers). image, text: this rank's (B_r, D) rows; labels: its (B_r,) labels (gathered here).
+    kernel: the fused loss's kernel (impl="fused").
     """
     uses_labels = name in ("multipos", "reg")
     lam = reg_lambda if name == "reg" else 0.0
@@ -222,7 +223,7 @@ def gathered_loss(full, name: str, *, impl: str = "fused", local_loss: bool = Tr
                   labels=all_labels, reg_lambda=lam, reg_pairs=reg_pairs, reg_over_tau=reg_over_tau)
         if impl == "fused":
             from clipcore.fused import fused_contrastive_loss
-            return fused_contrastive_loss(image, text, logit_scale, **kw)
+            return fused_contrastive_loss(image, text, logit_scale, kernel=kernel, **kw)
         return local_contrastive_loss(image, text, logit_scale, **kw)
 
     return fn

@@ -12,19 +12,31 @@ Why it is exact without the logits. With L = s X Y^T (B x B, s = logit_scale) th
 where only the two log-sum-exp sums touch B x B entries. The target term T is O(B D): with the
 diagonal targets T = (s/B) sum_i <x_i, y_i>; with labels (p_ij = 1[y_i = y_j] / n_i) it is
 T = 0.5 (s/B) sum_i <x_i, ybar_c(i)> + 0.5 (s/B) sum_j <y_j, xbar_c(j)>, class means of the
-other side. T, the regulariser (``losses.pair_penalty``) and the bias go through plain autograd;
-a constant bias cancels in softmax cross-entropy, so its gradient is exactly zero.
+other side. Diagonal targets live inside :class:`_TiledLSE` (their value read from the tiles' own
+scores, their gradient subtracted on G's diagonal before it is cast: nothing of size B x D is saved
+for them); label targets are class sums, O(k D) for k classes, through plain autograd, as are the
+regulariser (``losses.pair_penalty``) and the bias (a constant bias cancels in softmax cross-entropy, so
+its gradient is exactly zero).
+
+Precision: one per call. The dtype of the matmuls is resolved on entry (:func:`compute_dtype`: autocast's
+when autocast is on, else the inputs'); forward and backward then run every matmul in it, with autocast off
+and explicit casts of each row/column block, accumulating in fp32 (fp64 for fp64). Scores of 16-bit inputs
+come out of the matmul in fp32 (``fused_tiles._scores``) and the logit scale is applied in fp32, so neither is
+rounded to 16 bits. Gradients come back in the inputs' own dtypes.
 
 The log-sum-exp part is :class:`_TiledLSE`, a custom ``autograd.Function``:
-- forward: for each (row tile, column tile) compute S = (s X_i) Y_j^T (one matmul), then in fp32
+- forward: for each (row tile, column tile) compute S = s (X_i Y_j^T) (one matmul), then in fp32
   (fp64 for fp64 inputs) its row and column log-sum-exp, merged into running (B,) stats with
   ``logaddexp``. Both directions come from the same tile. Saved: X, Y, s, the two (B,) lse vectors
   and, within a budget (``keep_mib``), some score tiles.
-- backward: recompute each tile not kept, G = w_r exp(S - lse_row) + w_c exp(S - lse_col)
-  (= dLoss/dL_ij), accumulate (G Y)_i over column tiles and dY_j += G^T (s X_i) over row tiles
-  (addmm, beta = 1); dX_i = s (G Y)_i and ds = sum_i <x_i, (G Y)_i> when row block i is complete.
+- backward: recompute each tile not kept, G/W = exp(S - lse_row) + exp(S - lse_col) - 2 [diagonal]
+  (G = dLoss/dL_ij, W = 0.5/B: O(1) entries, so a 16-bit G does not underflow), accumulate (G/W Y)_i over
+  column tiles and dY_j += (G/W)^T X_i over row tiles (fp32; addmm, beta = 1, for fp32 inputs); dX_i =
+  s W (G/W Y)_i and ds = W sum_i <x_i, (G/W Y)_i> when row block i is complete; dY is scaled at the end
+  and narrowed to the input dtype in place (``fused_tiles.narrow_``).
 Cost: 4 B x B x D matmuls (the floor is 3: the fourth is the recompute of S) unless the tiles are
-kept; memory O(B D + tile^2 + keep_mib), never B x B.
+kept; memory O(B D + tile^2 + keep_mib), never B x B: bf16, d = 512, CUDA tiles: 3088 bytes per row
+(dX, the fp32 dY accumulator, the lse vectors) + the tiles, 3.66 GiB at B = 1,048,576 (tests/test_fused.py).
 
 Distributed form (open_clip ``ClipLoss(local_loss=True, gather_with_grad=True)`` semantics). Each
 rank passes its local rows ``image, text`` (B_r, D), the all-gathered ``gathered_image,
@@ -53,18 +65,20 @@ If compilation fails, a warning is printed and the eager tiles are used.
 
 Kernel: ``kernel="triton"`` runs the log-sum-exp passes (both forms) through the hand-written Triton
 kernels of :mod:`clipcore.fused_triton` (score tiles kept on-chip; CUDA, or CPU under TRITON_INTERPRET=1;
-fp64 inputs stay on the torch tiles); ``tile``/``col_tile`` are then its block sizes and ``keep_mib``,
-``compile`` are unused. ``"auto"`` (default) and ``"torch"`` are the tiles above: the Triton path is
-not measured on a GPU yet (benchmarks/README.md).
+fp64 inputs stay on the torch tiles; under autocast the inputs are cast to its dtype once); ``tile``/
+``col_tile`` are then its block sizes and ``keep_mib``, ``compile`` are unused. ``"auto"`` (default) and
+``"torch"`` are the tiles above: the Triton path is not measured on a GPU yet (benchmarks/README.md).
+Training picks it with ``--loss-kernel`` (``TrainConfig.loss_kernel``).
 """
 from __future__ import annotations
 
+import contextlib
 import math
-import warnings
 
 import torch
 from torch import Tensor
 
+from clipcore.fused_tiles import _acc_dtype, _scores, narrow_, tile_kernels
 from clipcore.losses import pair_penalty
 
 # Tiles are square, TILE x TILE (smaller only at the edges): every matmul of a tile then has an inner
@@ -78,109 +92,6 @@ TILE = {"cpu": 4096, "cuda": 8192}
 KEEP_MIB = {"cpu": 64, "cuda": 0}
 
 
-# ---------------------------------------------------------------- tile kernels
-# A tile's scores are one matmul, ``sc = (s X_i) @ Y_j^T`` (x arrives pre-multiplied by the logit scale,
-# as the reference's ``(logit_scale * image) @ text.T``), done by the caller. The kernels below are the
-# elementwise/reduction work on a score tile, in fp32 (fp64 for fp64 inputs): eager versions written
-# in place (one tile-sized temporary), and functional twins that torch.compile fuses into one or two
-# loops (inductor: C++/OpenMP on CPU, Triton on GPU).
-def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
-def _up(sc: Tensor) -> Tensor:
-    acc = _acc_dtype(sc.dtype)
-    return sc if sc.dtype == acc else sc.to(acc)
-
-
-def _lse_both_eager(sc: Tensor) -> tuple[Tensor, Tensor]:
-    """(tr, tc) scores -> row and column log-sum-exp; leaves sc intact."""
-    sc = _up(sc)
-    m = sc.amax(1)
-    e = torch.sub(sc, m[:, None]).exp_()
-    row = e.sum(1).log_().add_(m)
-    m = sc.amax(0)
-    torch.sub(sc, m[None, :], out=e).exp_()
-    return row, e.sum(0).log_().add_(m)
-
-
-def _lse_rows_eager(sc: Tensor) -> Tensor:
-    sc = _up(sc)
-    m = sc.amax(1)
-    return torch.sub(sc, m[:, None]).exp_().sum(1).log_().add_(m)
-
-
-def _grad_both_eager(sc: Tensor, a: Tensor, c: Tensor, out_dtype: torch.dtype) -> Tensor:
-    """G = exp(sc - a_i) + exp(sc - c_j) (the loss weights are folded into a, c); overwrites sc."""
-    sc = _up(sc)
-    e = torch.sub(sc, a[:, None]).exp_()
-    return sc.sub_(c[None, :]).exp_().add_(e).to(out_dtype)
-
-
-def _grad_rows_eager(sc: Tensor, a: Tensor, out_dtype: torch.dtype) -> Tensor:
-    return _up(sc).sub_(a[:, None]).exp_().to(out_dtype)
-
-
-def _lse_both_f(sc):
-    sc = _up(sc)
-    return torch.logsumexp(sc, 1), torch.logsumexp(sc, 0)
-
-
-def _lse_rows_f(sc):
-    return torch.logsumexp(_up(sc), 1)
-
-
-def _grad_both_f(sc, a, c, out_dtype):
-    sc = _up(sc)
-    return (torch.exp(sc - a[:, None]) + torch.exp(sc - c[None, :])).to(out_dtype)
-
-
-def _grad_rows_f(sc, a, out_dtype):
-    return torch.exp(_up(sc) - a[:, None]).to(out_dtype)
-
-
-_EAGER = {"lse_both": _lse_both_eager, "lse_rows": _lse_rows_eager,
-          "grad_both": _grad_both_eager, "grad_rows": _grad_rows_eager}
-_FUNCTIONAL = {"lse_both": _lse_both_f, "lse_rows": _lse_rows_f, "grad_both": _grad_both_f, "grad_rows": _grad_rows_f}
-_COMPILED: dict[str, dict] = {}
-
-
-class _Fallback:
-    """A compiled tile function that falls back to the eager one (once, with a warning) if it fails."""
-
-    def __init__(self, name: str, backend: str):
-        self.name, self.backend, self.failed = name, backend, False
-        self.fn = torch.compile(_FUNCTIONAL[name], backend=backend, fullgraph=True)
-
-    def __call__(self, *args):
-        if not self.failed:
-            try:
-                return self.fn(*args)
-            except torch.OutOfMemoryError:
-                raise
-            except Exception as err:  # no C++ compiler, no Triton, unsupported device...
-                self.failed = True
-                warnings.warn(f"clipcore.fused: torch.compile(backend={self.backend!r}) of the {self.name} tile "
-                              f"failed ({type(err).__name__}: {err}); using the eager tile. Pass compile=False "
-                              "to silence this.", RuntimeWarning, stacklevel=2)
-        return _EAGER[self.name](*args)
-
-
-def tile_kernels(compile: bool | str, device: torch.device) -> dict:
-    """The four tile functions: eager, or torch.compile'd with ``backend`` (cached per backend).
-
-    ``"auto"``: inductor on CUDA, eager on CPU (where both measured the same and compiling costs 5-15 s).
-    """
-    if compile == "auto":
-        compile = device.type == "cuda"
-    if compile is False or compile == "eager":
-        return _EAGER
-    backend = "inductor" if compile is True else str(compile)
-    if backend not in _COMPILED:
-        _COMPILED[backend] = {name: _Fallback(name, backend) for name in _EAGER}
-    return _COMPILED[backend]
-
-
 def tile_sizes(m: int, n: int, device: torch.device, tile: int | None, col_tile: int | None) -> tuple[int, int]:
     """(row tile, column tile) for an (m, n) score matrix: ``TILE`` squares unless given."""
     side = TILE["cuda" if device.type == "cuda" else "cpu"]
@@ -190,105 +101,135 @@ def tile_sizes(m: int, n: int, device: torch.device, tile: int | None, col_tile:
 
 
 # ---------------------------------------------------------------- the autograd Function
-class _TiledLSE(torch.autograd.Function):
-    """w_r * sum_i lse_j(S_ij) + w_c * sum_j lse_i(S_ij) of S = s X Y^T, tile by tile.
+def _weights(w_r: float, w_c: float, w_t: float) -> tuple[float, float, float, float]:
+    """Loss weights -> (W, w_r / W, w_c / W, w_t / W) with W = max(w_r, w_c): G / W has O(1) entries (fp16-safe), and
+    with w_r = w_c (every call here) the log-sum-exp shifts need no log-weight folded in (exact: a shift of |lse| ~
+    1e3 cannot carry log 0.5 without rounding it by ~1e-4)."""
+    big = max(w_r, w_c)
+    return big, w_r / big, w_c / big, w_t / big
 
-    x: (M, D), y: (N, D), scale: 0-dim. w_c = 0 skips the column direction. Returns a 0-dim tensor in
-    the accumulation dtype (fp32, fp64 for fp64 inputs). Saves x, y, scale, the (M,) and (N,) lse and,
-    up to ``keep_bytes``, score tiles that the backward then reuses instead of recomputing.
+
+class _TiledLSE(torch.autograd.Function):
+    """w_r sum_i lse_j(S_ij) + w_c sum_j lse_i(S_ij) - w_t sum_i S_{i, offset+i} of S = s X Y^T, tile by tile.
+
+    x: (M, D), y: (N, D), scale: 0-dim. w_c = 0 skips the column direction; the last term is the diagonal
+    target (row i's positive is column offset + i; w_t = 0 when the targets come from labels). Returns a 0-dim
+    tensor in the accumulation dtype (fp32, fp64 for fp64 inputs). Forward and backward run every matmul in ``cd``
+    (one precision per call: the caller resolves autocast), each row/column block cast to it as it is used, with
+    fp32 accumulation; the gradients come back in x's and y's own dtypes (fp32 inputs under bf16 autocast: fp32
+    gradients, as autocast's own matmuls give). Saves x, y, scale, the (M,) and (N,) lse and, up to
+    ``keep_bytes``, raw score tiles that the backward reuses.
     """
 
     @staticmethod
-    def forward(ctx, x, y, scale, w_r: float, w_c: float, tr: int, tc: int, keep_bytes: int, kernels: dict):
-        acc = _acc_dtype(x.dtype)
-        s = scale.detach().to(x.dtype)
+    def forward(ctx, x, y, scale, w_r: float, w_c: float, w_t: float, offset: int, tr: int, tc: int,
+                keep_bytes: int, kernels: dict, cd: torch.dtype):
+        acc = _acc_dtype(cd)
+        s = scale.detach().to(acc)
         m, n = x.shape[0], y.shape[0]
         cols = w_c != 0.0
         row_lse = torch.empty(m, dtype=acc, device=x.device)
         col_lse = torch.full((n,), -math.inf, dtype=acc, device=x.device) if cols else None
+        target = torch.zeros((), dtype=acc, device=x.device)  # sum_i S_{i, offset+i} / s, from the tiles' own scores
         kept = {}
         for i0 in range(0, m, tr):
-            xi, r = x[i0:i0 + tr] * s, None  # scaled per row block: no (M, D) copy
+            xi, r = x[i0:i0 + tr].to(cd), None
             for j0 in range(0, n, tc):
-                sc = xi @ y[j0:j0 + tc].T
+                sc = _scores(xi, y[j0:j0 + tc].to(cd))
+                if w_t:  # the same numbers the log-sum-exp sees: a batch of one gives exactly 0
+                    target += sc.diagonal(offset + i0 - j0).sum().to(acc)
                 if cols:
-                    tr_lse, tc_lse = kernels["lse_both"](sc)
+                    tr_lse, tc_lse = kernels["lse_both"](sc, s)
                     col_lse[j0:j0 + tc] = torch.logaddexp(col_lse[j0:j0 + tc], tc_lse)
                 else:
-                    tr_lse = kernels["lse_rows"](sc)
+                    tr_lse = kernels["lse_rows"](sc, s)
                 r = tr_lse if r is None else torch.logaddexp(r, tr_lse)
                 if sc.nbytes <= keep_bytes:
                     kept[i0, j0] = sc
                     keep_bytes -= sc.nbytes
             row_lse[i0:i0 + tr] = r
-        ctx.save_for_backward(x, y, scale, row_lse, col_lse if cols else row_lse.new_empty(0))
-        ctx.cfg = (w_r, w_c, tr, tc, kernels)
+        ctx.save_for_backward(x, y, scale, row_lse, col_lse if cols else row_lse.new_empty(0), target)
+        ctx.cfg = (w_r, w_c, w_t, offset, tr, tc, kernels, cd)
         ctx.kept = kept
-        out = w_r * row_lse.sum()
+        out = w_r * row_lse.sum() - w_t * s * target
         return out + w_c * col_lse.sum() if cols else out
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out):
-        x, y, scale, row_lse, col_lse = ctx.saved_tensors
-        w_r, w_c, tr, tc, kernels = ctx.cfg
+        x, y, scale, row_lse, col_lse, target = ctx.saved_tensors
+        w_r, w_c, w_t, offset, tr, tc, kernels, cd = ctx.cfg
         kept, ctx.kept = ctx.kept, {}  # consumed (overwritten) here; a second backward recomputes
         acc = row_lse.dtype
         go = grad_out.to(acc)
-        s, s_x = scale.detach().to(acc), scale.detach().to(x.dtype)
+        s = scale.detach().to(acc)
         m, n = x.shape[0], y.shape[0]
-        # Fold the weights into the shifts: w * exp(S - lse) = exp(S - (lse - log w)).
-        a = row_lse - math.log(w_r)
-        c = col_lse - math.log(w_c) if w_c != 0.0 else None
+        # G = dLoss/dS = W (exp(S - a_i) + exp(S - c_j) - w_t' [j = offset + i]), the relative weights folded into
+        # the shifts (w' exp(S - lse) = exp(S - (lse - log w')); none when w_r = w_c); G / W is cast to cd.
+        big, r_r, r_c, r_t = _weights(w_r, w_c, w_t)
+        a = row_lse if r_r == 1.0 else row_lse - math.log(r_r)
+        c = None if w_c == 0.0 else col_lse if r_c == 1.0 else col_lse - math.log(r_c)
         dx = torch.empty_like(x) if ctx.needs_input_grad[0] else None
-        dy = torch.zeros(y.shape, dtype=acc, device=x.device)  # sum_i G^T (s X_i), fp32 across row blocks
+        dy = torch.zeros(y.shape, dtype=acc, device=x.device)  # sum_i (G/W)^T X_i, fp32 across row blocks
         dscale = torch.zeros((), dtype=acc, device=x.device)
         for i0 in range(0, m, tr):
-            xi, ai = x[i0:i0 + tr], a[i0:i0 + tr]
-            xs = xi * s_x
-            gx = torch.zeros(xi.shape, dtype=acc, device=x.device)  # (G @ Y)_i: complete after the j loop
+            xi, ai = x[i0:i0 + tr].to(cd), a[i0:i0 + tr]
+            gx = torch.zeros(xi.shape, dtype=acc, device=x.device)  # (G/W @ Y)_i: complete after the j loop
             for j0 in range(0, n, tc):
-                yj = y[j0:j0 + tc]
+                yj = y[j0:j0 + tc].to(cd)
                 sc = kept.pop((i0, j0), None)
                 if sc is None:
-                    sc = xs @ yj.T
-                if c is None:
-                    g = kernels["grad_rows"](sc, ai, x.dtype)
-                else:
-                    g = kernels["grad_both"](sc, ai, c[j0:j0 + tc], x.dtype)
+                    sc = _scores(xi, yj)
+                g = kernels["grad_rows"](sc, s, ai) if c is None else kernels["grad_both"](sc, s, ai, c[j0:j0 + tc])
                 del sc
-                if x.dtype == acc:  # accumulate inside the matmul (beta = 1): no extra pass
+                if r_t:
+                    g.diagonal(offset + i0 - j0).sub_(r_t)  # the target p_ij = [j = offset + i], before the cast
+                g = g.to(cd)
+                if cd == acc:  # accumulate inside the matmul (beta = 1): no extra pass
                     gx.addmm_(g, yj)
-                    dy[j0:j0 + tc].addmm_(g.T, xs)
+                    dy[j0:j0 + tc].addmm_(g.T, xi)
                 else:
-                    gx += (g @ yj).to(acc)
-                    dy[j0:j0 + tc] += (g.T @ xs).to(acc)
-            # dLoss/ds = sum_ij G_ij <x_i, y_j> = sum_i <x_i, (G Y)_i>;  dLoss/dX_i = s (G Y)_i.
+                    gx += _scores(g, yj.T)
+                    dy[j0:j0 + tc] += _scores(g.T, xi.T)
+            # dLoss/ds = sum_ij G_ij <x_i, y_j> = W sum_i <x_i, (G/W Y)_i>;  dLoss/dX_i = s W (G/W Y)_i.
             dscale += (xi.to(acc) * gx).sum()
             if dx is not None:
-                dx[i0:i0 + tr] = gx.mul_(s * go)
-        dscale = (dscale * go).to(scale.dtype) if ctx.needs_input_grad[2] else None
-        dy = dy.mul_(go).to(y.dtype) if ctx.needs_input_grad[1] else None
-        return dx, dy, dscale, None, None, None, None, None, None
+                dx[i0:i0 + tr] = gx.mul_(s * big * go)
+        dscale = (dscale * big * go).to(scale.dtype) if ctx.needs_input_grad[2] else None
+        dy = narrow_(dy.mul_(s * big * go), y.dtype) if ctx.needs_input_grad[1] else None
+        return dx, dy, dscale, None, None, None, None, None, None, None, None, None
 
 
 # ---------------------------------------------------------------- the loss
-def _target(image: Tensor, text: Tensor, all_image: Tensor, all_text: Tensor, scale: Tensor,
-            labels: Tensor | None, offset: int) -> Tensor:
-    """0.5 * (mean_i sum_j p_ij L_ij over local image rows + the same over local text rows), O(B D)."""
+def _class_sums(v: Tensor, cls: Tensor, k: int, acc: torch.dtype, chunk: int = 1 << 16) -> Tensor:
+    """(R, D) rows, (R,) class ids -> (k, D) per-class sums in ``acc``, converted chunk by chunk (no (R, D) copy)."""
+    out = torch.zeros(k, v.shape[1], dtype=acc, device=v.device)
+    for i in range(0, v.shape[0], chunk):
+        out = out.index_add(0, cls[i:i + chunk], v[i:i + chunk].to(acc))
+    return out
+
+
+def _label_target(image: Tensor, text: Tensor, all_image: Tensor, all_text: Tensor, scale: Tensor,
+                  labels: Tensor, offset: int) -> Tensor:
+    """0.5 * (mean_i sum_j p_ij L_ij over local image rows + the same over local text rows), p_ij = [y_i = y_j]/n_i,
+    as class sums: O(k D) fp32 (k classes), no (B, D) fp32 copy. (Diagonal targets are inside _TiledLSE.)"""
     acc = _acc_dtype(image.dtype)
-    x, y = image.to(acc), text.to(acc)
-    if labels is None:
-        return scale.to(acc) * (x * y).sum(1).mean()
     _, cls = torch.unique(labels, return_inverse=True)
     k = int(cls.max()) + 1
     counts = torch.bincount(cls, minlength=k).to(acc)[:, None]
-    mean_text = torch.zeros(k, all_text.shape[1], dtype=acc, device=x.device).index_add_(0, cls, all_text.to(acc)) / counts
-    mean_image = torch.zeros(k, all_image.shape[1], dtype=acc, device=x.device).index_add_(0, cls, all_image.to(acc)) / counts
-    local = cls[offset:offset + x.shape[0]]
-    rows = (x * mean_text[local]).sum(1).mean()
-    cols = (y * mean_image[local]).sum(1).mean()
-    return scale.to(acc) * 0.5 * (rows + cols)
+    local = cls[offset:offset + image.shape[0]]
+    rows = (_class_sums(image, local, k, acc) * _class_sums(all_text, cls, k, acc) / counts).sum()
+    cols = (_class_sums(text, local, k, acc) * _class_sums(all_image, cls, k, acc) / counts).sum()
+    return scale.to(acc) * 0.5 * (rows + cols) / image.shape[0]
+
+
+def compute_dtype(x: Tensor) -> torch.dtype:
+    """The dtype the loss runs its matmuls in, forward and backward: autocast's for fp32/16-bit inputs when autocast
+    is on for x's device, else x's own."""
+    dev = x.device.type
+    if x.dtype != torch.float64 and torch.amp.is_autocast_available(dev) and torch.is_autocast_enabled(dev):
+        return torch.get_autocast_dtype(dev)
+    return x.dtype
 
 
 def fused_contrastive_loss(
@@ -358,29 +299,45 @@ def fused_contrastive_loss(
     if scale.numel() != 1:
         raise ValueError(f"logit_scale must be a scalar; got shape {tuple(scale.shape)}")
     scale = scale.reshape(())
+    # One precision per call: the matmuls run in the dtype resolved here (autocast's, or the inputs'), forward and
+    # backward alike, with fp32 accumulation; everything else runs with autocast off in the inputs' dtype.
+    dev, cd = image.device.type, compute_dtype(image)
+    autocast = torch.amp.is_autocast_available(dev) and torch.is_autocast_enabled(dev)
+    with torch.autocast(dev, enabled=False) if autocast else contextlib.nullcontext():
+        image, text = image.contiguous(), text.contiguous()
+        all_image, all_text = (all_image.contiguous(), all_text.contiguous()) if distributed else (image, text)
+        loss = _loss(image, text, all_image, all_text, scale, labels, offset, distributed, tile, col_tile, keep_mib,
+                     compile, kernel, cd).to(image.dtype)
+        if isinstance(logit_bias, Tensor):
+            loss = loss + 0.0 * logit_bias.sum()  # softmax CE is shift-invariant: keep bias in the graph, grad 0
+        if reg_lambda:
+            penalty = pair_penalty(image, text, "pos") if reg_pairs == "pos" else pair_penalty(all_image, all_text, reg_pairs)
+            loss = loss + reg_lambda * (penalty * logit_scale if reg_over_tau else penalty)
+    return loss
+
+
+def _loss(image, text, all_image, all_text, scale, labels, offset, distributed, tile, col_tile, keep_mib, compile,
+          kernel, cd) -> Tensor:
+    """The InfoNCE part of fused_contrastive_loss (arguments validated; matmuls in ``cd``), in the acc dtype."""
+    b, n = image.shape[0], all_text.shape[0]
     kernels = tile_kernels(compile, image.device)
     kind = "cuda" if image.device.type == "cuda" else "cpu"
     keep = int((KEEP_MIB[kind] if keep_mib is None else keep_mib) * 2**20)
-    image, text = image.contiguous(), text.contiguous()
     tr, tc = tile_sizes(b, n, image.device, tile, col_tile)
-    if kernel == "triton" and image.dtype != torch.float64:
+    if kernel == "triton" and cd != torch.float64:
         from clipcore.fused_triton import triton_lse
 
-        def lse_pass(x, y, w_c, keep_bytes):
-            return triton_lse(x, y, scale, 0.5 / b, w_c, block_m=tile, block_n=col_tile)
+        def lse_pass(x, y, w_c, w_t, keep_bytes):  # the kernels read their inputs in cd: one cast of each
+            return triton_lse(x.to(cd), y.to(cd), scale, 0.5 / b, w_c, w_t=w_t, offset=offset, block_m=tile,
+                              block_n=col_tile)
     else:
-        def lse_pass(x, y, w_c, keep_bytes):
-            return _TiledLSE.apply(x, y, scale, 0.5 / b, w_c, tr, tc, keep_bytes, kernels)
+        def lse_pass(x, y, w_c, w_t, keep_bytes):
+            return _TiledLSE.apply(x, y, scale, 0.5 / b, w_c, w_t, offset, tr, tc, keep_bytes, kernels, cd)
+    diag = labels is None  # diagonal targets go inside the tiles; label targets are class sums (O(k D))
     if distributed:
         # Image rows against all texts, text rows against all images: two row-only passes.
-        lse = lse_pass(image, all_text.contiguous(), 0.0, keep // 2) + lse_pass(text, all_image.contiguous(), 0.0, keep // 2)
+        w_t = 0.5 / b if diag else 0.0
+        lse = lse_pass(image, all_text, 0.0, w_t, keep // 2) + lse_pass(text, all_image, 0.0, w_t, keep // 2)
     else:
-        lse = lse_pass(image, text, 0.5 / b, keep)
-    loss = lse - _target(image, text, all_image, all_text, scale, labels, offset)
-    loss = loss.to(image.dtype)
-    if isinstance(logit_bias, Tensor):
-        loss = loss + 0.0 * logit_bias.sum()  # softmax CE is shift-invariant: keep bias in the graph, grad 0
-    if reg_lambda:
-        penalty = pair_penalty(image, text, "pos") if reg_pairs == "pos" else pair_penalty(all_image, all_text, reg_pairs)
-        loss = loss + reg_lambda * (penalty * logit_scale if reg_over_tau else penalty)
-    return loss
+        lse = lse_pass(image, text, 0.5 / b, 1.0 / b if diag else 0.0, keep)
+    return lse if diag else lse - _label_target(image, text, all_image, all_text, scale, labels, offset)

@@ -99,19 +99,29 @@ def square_loss(image: Tensor, text: Tensor) -> Tensor:
     return pair_penalty(image, text, "pos")
 
 
-def make_loss(name: str, *, reg_lambda: float = 0.1, reg_pairs: str = "pos", reg_over_tau: bool = False, impl: str = "naive"):
+def make_loss(name: str, *, reg_lambda: float = 0.1, reg_pairs: str = "pos", reg_over_tau: bool = False, impl: str = "naive",
+              kernel: str = "auto"):
     """Return ``fn(image, text, logit_scale, labels=None, logit_bias=None) -> scalar`` for a loss name.
 
     name: one of ``LOSSES``. impl: ``naive`` (this module, materialised logits) or ``fused`` (tiled,
-    no B x B logits; ``clipcore.fused``). ``multipos`` and ``reg`` use the labels when given (``reg`` is
+    no B x B logits; ``clipcore.fused``). kernel: the fused loss's ``kernel`` ("auto"/"torch": torch tiles,
+    "triton": clipcore.fused_triton); only with impl="fused". ``multipos`` and ``reg`` use the labels when given (``reg`` is
     the regulariser on top of ``multipos``, so CLIP vs CLIP+Reg differ only by the penalty, also on
     class-labelled data) and the diagonal otherwise; ``clip`` always uses the diagonal.
     """
     if name not in LOSSES:
         raise ValueError(f"unknown loss {name!r}; choose one of {LOSSES}")
+    if kernel not in ("auto", "torch", "triton"):
+        raise ValueError(f"loss kernel must be 'auto', 'torch' or 'triton', got {kernel!r}")
     if impl == "fused":
-        from clipcore.fused import fused_contrastive_loss as base
+        from functools import partial
+
+        from clipcore.fused import fused_contrastive_loss
+        base = partial(fused_contrastive_loss, kernel=kernel)
     elif impl == "naive":
+        if kernel == "triton":
+            from clipcore.errors import UserError
+            raise UserError("--loss-kernel triton runs the fused loss only; add --loss-impl fused (or drop --loss-kernel)")
         base = contrastive_loss
     else:
         raise ValueError(f"loss impl must be 'naive' or 'fused', got {impl!r}")

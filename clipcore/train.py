@@ -57,6 +57,7 @@ class TrainConfig:
     pretrained: str | None = None    # weights for --model from disk: open_clip .pt/.bin or clipcore .safetensors
     loss: str = "multipos"           # multipos = clip when no two pairs share a label/caption
     loss_impl: str = "fused"         # fused: tiled, never the B x B logits (clipcore.fused) | naive: materialised
+    loss_kernel: str = "torch"       # fused loss: torch tiles (inductor on CUDA) | triton (clipcore.fused_triton, GPU-unmeasured)
     reg_lambda: float = 0.1          # reg loss: weight of the positive-pair penalty (theory.md section 6)
     reg_pairs: str = "pos"
     local_loss: bool = True          # torchrun: local rows x all columns (open_clip --local-loss); off: full N x N per rank
@@ -177,10 +178,11 @@ def clip_task(cfg: TrainConfig, device: torch.device) -> Task:
         splits["val"] = load_dataset(cfg.val_data, "val", **data_kw)
     if not cfg.train_data:
         splits["test"] = load_dataset(None, "test", **data_kw)
-    full = make_loss(cfg.loss, reg_lambda=cfg.reg_lambda, reg_pairs=cfg.reg_pairs, impl=cfg.loss_impl)
+    full = make_loss(cfg.loss, reg_lambda=cfg.reg_lambda, reg_pairs=cfg.reg_pairs, impl=cfg.loss_impl,
+                     kernel=cfg.loss_kernel)
     loss_fn = distributed.gathered_loss(full, cfg.loss, impl=cfg.loss_impl, local_loss=cfg.local_loss,
                                         gather_with_grad=cfg.gather_with_grad, reg_lambda=cfg.reg_lambda,
-                                        reg_pairs=cfg.reg_pairs)
+                                        reg_pairs=cfg.reg_pairs, kernel=cfg.loss_kernel)
     fwd = torch.compile(model) if cfg.compile else model
 
     def embed(batch):
@@ -355,6 +357,8 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     g.add_argument("--pretrained", default=d.pretrained, help="weights for --model: open_clip .pt/.bin or clipcore .safetensors")
     g.add_argument("--loss", default=d.loss, choices=LOSSES)
     g.add_argument("--loss-impl", default=d.loss_impl, choices=("naive", "fused"))
+    g.add_argument("--loss-kernel", default=d.loss_kernel, choices=("torch", "triton"),
+                   help="fused loss: torch tiles (inductor-compiled on CUDA) or the Triton kernels (CUDA; README)")
     g.add_argument("--reg-lambda", type=float, default=d.reg_lambda)
     g.add_argument("--reg-pairs", default=d.reg_pairs, choices=("pos", "neg", "both"))
     g.add_argument("--local-loss", default=d.local_loss, action=argparse.BooleanOptionalAction,
