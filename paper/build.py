@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SRC = ROOT / "paper" / "paper.src.md"
 OUT = ROOT / "paper" / "paper.md"
 RESULTS = ROOT / "experiments" / "results"
-VERDICTS = ("holds", "fails", "inconclusive")
+VERDICTS = ("holds", "fails", "inconclusive", "untestable here")
 PAPERS = {"THY": "theory", "RECO": "RECO", "GRAIN": "GRAIN", "ARF": "ARF"}
 PLACEHOLDER = re.compile(r"\{\{(.+?)\}\}")
 SEGMENT = re.compile(r"'[^']*'|\[[^\]]*\]|[^.]+")
@@ -174,12 +174,13 @@ class Builder:
             raise PaperError(f"table:{prefix}: no claim starts with {prefix!r}")
         self.tabled |= {r["id"] for r in recs}
         head = ["id", "paper claim"] + (["prediction — threshold"] if full else []) + ["measured (mean ± 95% CI)",
-                                                                                       "verdict", "tier, seeds"]
+                                                                                       "controls", "verdict", "tier, seeds"]
         lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for r in recs:
             pred = [cell(r["prediction"] + (f" — {r['threshold']}" if r.get("threshold") else ""))] if full else []
             seeds = len(r.get("seeds") or []) or r.get("measured", {}).get("n", "")
-            row = [r["id"], cell(r["claim"])] + pred + [cell(r["measured_text"]), f"**{r['verdict']}**",
+            ctrl = (r.get("controls") or {}).get("text", "not yet on the calibrated protocol")
+            row = [r["id"], cell(r["claim"])] + pred + [cell(r["measured_text"]), cell(ctrl), f"**{r['verdict']}**",
                                                         f"{'paper' if r['tier'] == 'full' else 'quick'}, {seeds}"]
             lines.append("| " + " | ".join(row) + " |")
         return "\n".join(lines)
@@ -221,7 +222,7 @@ class Builder:
         import seaborn as sns
 
         ids = sorted(set(self.claims["quick"]) | set(self.claims["full"]), key=claim_key)
-        code = {"holds": 2, "inconclusive": 1, "fails": 0}
+        code = {"holds": 3, "inconclusive": 2, "untestable here": 1, "fails": 0}
         grid = np.full((len(ids), 2), np.nan)
         text = np.full((len(ids), 2), "", dtype=object)
         for j, tier in enumerate(("quick", "full")):
@@ -230,8 +231,8 @@ class Builder:
                     grid[i, j] = code[self.claims[tier][cid]["verdict"]]
                     text[i, j] = self.claims[tier][cid]["verdict"]
         fig, ax = plt.subplots(figsize=(4.2, 0.28 * len(ids) + 1.0))
-        cmap = matplotlib.colors.ListedColormap(["#d6604d", "#d9d9d9", "#4d9221"])
-        sns.heatmap(grid, annot=text, fmt="", cmap=cmap, vmin=-0.5, vmax=2.5, cbar=False, linewidths=0.5,
+        cmap = matplotlib.colors.ListedColormap(["#d6604d", "#9ecae1", "#d9d9d9", "#4d9221"])
+        sns.heatmap(grid, annot=text, fmt="", cmap=cmap, vmin=-0.5, vmax=3.5, cbar=False, linewidths=0.5,
                     linecolor="white", xticklabels=["quick tier", "paper tier"], yticklabels=ids, ax=ax,
                     annot_kws={"fontsize": 7})
         ax.tick_params(axis="y", labelsize=7, rotation=0)

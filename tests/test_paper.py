@@ -45,13 +45,13 @@ def test_placeholders_paths_filters_and_formats(tmp_path):
                            "e {{X-1:verdict==holds}} f {{count:holds}}/{{count:all:X}}",
                  [claim("X-1")])
     assert "a +1.5 b 50\n" in out and "c 0.75 d -2.00" in out and "e holds f 1/1" in out
-    assert "| X-1 | claim X-1 | 1.5 ± 0.5 | **holds** | quick, 3 |" in out
+    assert "| X-1 | claim X-1 | 1.5 ± 0.5 | not yet on the calibrated protocol | **holds** | quick, 3 |" in out
 
 
 def test_paper_tier_is_preferred_and_a_tier_can_be_forced(tmp_path):
     quick, full = claim("X-1", "inconclusive"), claim("X-1", "fails", tier="full", measured_text="big")
     out = render(tmp_path, "{{table:X}} {{X-1:verdict}} {{quick/X-1:verdict}}", [quick], [full])
-    assert "| big | **fails** | paper, 3 |" in out and "fails inconclusive" in out
+    assert "| big | not yet on the calibrated protocol | **fails** | paper, 3 |" in out and "fails inconclusive" in out
 
 
 @pytest.mark.parametrize("text, message", [

@@ -347,7 +347,8 @@ def test_mean_ci_verdicts_and_results_table(tmp_path):
     assert c.verdict_from_ci(ci, lower=0.0) == "holds" and c.verdict_from_ci(ci, 0.5, 2.0) == "holds"
     assert c.verdict_from_ci(ci, lower=1.0) == "inconclusive"
     assert c.verdict_from_ci(ci, upper=0.5) == "fails" and c.verdict_from_ci(ci, lower=2.0) == "fails"
-    assert c.verdict_from_ci(c.mean_ci([0.0, 0.0, 0.0]), lower=0.0) == "fails"      # 0 +- 0 is not > 0
+    assert c.verdict_from_ci(c.mean_ci([0.0, 0.0, 0.0]), lower=0.0) == "inconclusive"  # 0 +- 0 (a floor) never fails
+    assert c.verdict_from_ci(c.mean_ci([3.0, 3.0, 3.0]), lower=0.0) == "holds"
     for cid, v in (("THY-10", "holds"), ("THY-2", "fails")):
         (tmp_path / f"{cid}.json").write_text(json.dumps({"id": cid, "claim": "c|x", "prediction": "p", "threshold": "t",
                                                           "measured_text": "1 ± 0", "verdict": v, "tier": "quick"}))
@@ -358,5 +359,49 @@ def test_mean_ci_verdicts_and_results_table(tmp_path):
     out = c.write_results_md(tmp_path, tmp_path / "R.md")
     text = out.read_text()
     assert text.index("THY-2 ") < text.index("2 ± 0") < text.index("THY-10 ") and "c\\|x" in text
+    assert "| controls |" in text and "not yet on the calibrated protocol" in text and "## What changed" in text
     assert "2 claims at the quick tier: 1 holds, 1 fails" in text and "1 claims at the full tier: 1 holds" in text
     assert c.write_results_md(tmp_path / "none", tmp_path / "S.md") is None
+
+
+def test_protocol_controls_headroom_bounds_and_history(tmp_path, monkeypatch):
+    c = _common()
+    # paired vs unpaired: a shared per-seed offset cancels
+    a, b = [10.0, 20.0, 30.0], [9.0, 19.1, 28.9]
+    assert c.verdict_from_ci(c.paired_ci(a, b), lower=0.0) == "holds"
+    assert c.verdict_from_ci(c.mean_ci(a), lower=c.mean_ci(b)["hi"]) != "holds"
+    with pytest.raises(ValueError, match="share their seeds"):
+        c.paired_ci([1.0], [1.0, 2.0])
+    assert c.family_conf(5) == pytest.approx(0.99)
+    # controls: the cell's exact prefix, and the final verdict
+    ok = c.controls("holds", "inconclusive")
+    assert ok["text"].startswith("pos: detected; neg: clean")
+    assert c.controls("inconclusive", "inconclusive")["text"].startswith("pos: missed; neg: clean")
+    assert c.controls("holds", "holds")["text"].startswith("pos: detected; neg: flagged")
+    assert c.controls("holds", "fails", neg_clean=("inconclusive", "fails"))["neg_clean"]
+    room = c.headroom("err", [0.3, 0.4], floor=0.0, ceiling=0.9, margin=0.05)
+    floor = c.headroom("err", [0.0, 0.01], floor=0.0, margin=0.05)
+    assert room["ok"] and not floor["ok"] and "at its floor" in floor["text"]
+    assert c.final_verdict("fails", ok, [room]) == "fails"
+    assert c.final_verdict("fails", ok, [floor]) == "untestable here"          # a floor never refutes
+    assert c.final_verdict("holds", c.controls("inconclusive", "inconclusive")) == "untestable here"
+    assert c.final_verdict("holds", c.controls("holds", "holds")) == "untestable here"
+    assert c.all_of("holds", "untestable here") == "untestable here" and c.all_of("holds", "fails") == "fails"
+    # a bound is tested as a bound: a gap far under its envelope holds whatever its rate
+    gaps = [[0.1, 0.11, 0.09], [0.01, 0.012, 0.011]]           # falls like n^-1 (faster than the envelope)
+    env = [[0.3, 0.3, 0.3], [0.1, 0.1, 0.1]]
+    assert c.bound_verdict(gaps, env)[0] == "holds"
+    assert c.bound_verdict([[0.5, 0.52, 0.51]], [[0.3, 0.3, 0.3]])[0] == "fails"
+    # pilot seeds never decide; holds is refused when a check says untestable
+    monkeypatch.setattr(c, "RESULTS", tmp_path)
+    kw = dict(claim="c", prediction="p", threshold="t", measured=c.mean_ci([1.0, 2.0]))
+    with pytest.raises(ValueError, match="pilot"):
+        c.save_result("X-1", verdict="holds", seeds=c.pilot_seeds(2), **kw)
+    with pytest.raises(ValueError, match="untestable"):
+        c.save_result("X-1", verdict="holds", controls=ok, checks=[floor], **kw)
+    rec = c.save_result("THY-2", verdict="untestable here", controls=ok, checks=[floor], changed="floor", **kw)
+    assert rec["protocol"] == 2 and rec["preregistered"]["file"] == Path(__file__).name
+    hist = tmp_path / "h.json"
+    hist.write_text(json.dumps({"verdicts": {"THY-2": {"quick": {"verdict": "fails", "measured": "0 ± 0"}}}}))
+    assert c.what_changed([rec], hist) == ["- **THY-2** (quick): fails → **untestable here** (was: 0 ± 0). floor"]
+    assert "pos: detected; neg: clean; headroom: err" in c.controls_cell(rec)
