@@ -261,16 +261,16 @@ def test_neg_penalty_stationary_margin_matches_optimisation(over_tau):
     def objective(pairs):
         emb = torch.stack([a, -a])[:, None]                                    # f = g = a z, z = +-1
         return contrastive_loss(emb, emb, 1 / tau_v, reg_lambda=lam_v, reg_pairs=pairs, reg_over_tau=over_tau)
-    assert objective("neg").item() == pytest.approx(float(d["objective_neg"].subs({**subs, D.a: 0.6})), rel=1e-10)
-    (grad,) = torch.autograd.grad(objective("neg"), a)
+    assert objective("neg_pull").item() == pytest.approx(float(d["objective_neg"].subs({**subs, D.a: 0.6})), rel=1e-10)
+    (grad,) = torch.autograd.grad(objective("neg_pull"), a)
     assert grad.item() == pytest.approx(float(d["d_neg"].subs({**subs, D.a: 0.6})), rel=1e-8)
     opt = torch.optim.LBFGS([a], lr=0.5, max_iter=200, tolerance_grad=1e-12, tolerance_change=1e-14)
     def closure():
-        opt.zero_grad(); loss = objective("neg"); loss.backward(); return loss
+        opt.zero_grad(); loss = objective("neg_pull"); loss.backward(); return loss
     opt.step(closure)
     assert 2 * a.item() ** 2 == pytest.approx(float(d["margin"].subs(subs)), rel=1e-5)   # margin s+ - s- = 2a^2
-    both = objective("both")                                                   # pos penalty is 0 here: same objective
-    assert both.item() == pytest.approx(objective("neg").item(), rel=1e-12)
+    both = objective("both_pull")                                                   # pos penalty is 0 here: same objective
+    assert both.item() == pytest.approx(objective("neg_pull").item(), rel=1e-12)
     # the positive-only penalty is 0 on this family: its derivative is CLIP's, negative for every a > 0
     assert all(float(d["d_pos"].subs({**subs, D.a: v})) < 0 for v in (0.1, 0.5, 2.0))
 
