@@ -9,8 +9,8 @@ clipcore's losses or against sampling. Each function returns sympy objects (and,
                          stationary set kills the unique coefficients and equates the shared ones (Lemma 1 /
                          T2's alignment, and why Reg suppresses unique features at a rate ~ lambda, not e^{-gap/tau}).
 3. ``neg_penalty_margin``  [RECON] CLIP + a pulling penalty on negative pairs (clipcore's ``neg_pull``) in the
-                         antipodal scalar model: a finite stationary scale whose margin is tau * log(1/(2 lambda tau) - 1) = O~(tau); the
-                         positive-only penalty is 0 there and caps nothing.
+                         antipodal scalar model: a finite stationary scale whose margin is
+                         tau * log(1/(2 lambda tau) - 1) = O~(tau); the positive-only penalty is 0 there and caps nothing.
 4. ``suppression_gradients``  normalised model with unique-to-shared ratio t: CLIP's gradient in t decays like
                          e^{-2/((1+t^2) tau)}, the penalty's (lambda / tau) one does not.
 5. ``bayes_square_predictor``  T5 [THIRD]: argmin_g E||g(x) - y||^2 = E[y | z] = H [z; E(zeta | z)].
