@@ -8,9 +8,10 @@ One function, :func:`contrastive_loss`, covers the CLIP family; the variants are
                 row i is uniform over its positives, ``p_ij = 1[y_i = y_j] / n_i``. Class-labelled
                 data need it: a batch holds identical captions, whose "negatives" are positives.
 - ``reg``       multipos + lambda * mean positive-pair squared distance, the one-sided regulariser of
-                Chen, Deng, Li, Gu (ICLR 2024), theory.md section 6. ``reg_pairs`` selects which pairs
-                are penalised: ``pos`` (the paper), ``neg`` or ``both`` (the ablation the paper lacks).
-                ``reg_over_tau`` divides the penalty by tau = 1 / logit_scale (an open point of the spec).
+                Chen, Deng, Li, Gu (ICLR 2024). ``reg_pairs`` selects the pair term (:func:`pair_penalty`):
+                ``pos`` (the paper: pull positives together), ``neg`` (push negatives apart), ``both``
+                (pos + neg), and the pulling forms ``neg_pull`` / ``both_pull`` (the ablation the paper lacks).
+                ``reg_over_tau`` multiplies the term by logit_scale = 1 / tau.
 - ``square``    the naive square loss mean ||f(x) - g(y)||^2 (theory.md T5: fails zero-shot).
 
 The symmetric loss is the *average* of the two directions, as open_clip's ``ClipLoss``; the theory
@@ -26,6 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 LOSSES = ("clip", "multipos", "reg", "square")
+REG_PAIRS = ("pos", "neg", "both", "neg_pull", "both_pull")   # pair_penalty's choices
 
 
 def logits(image: Tensor, text: Tensor, logit_scale: Tensor | float, logit_bias: Tensor | float | None = None) -> Tensor:
@@ -41,23 +43,33 @@ def positive_targets(labels: Tensor) -> Tensor:
 
 
 def pair_penalty(image: Tensor, text: Tensor, pairs: str = "pos") -> Tensor:
-    """Mean squared distance over the selected pairs (theory.md section 6).
+    """The regulariser's pair term on (B, D) paired embeddings -> scalar (added as ``reg_lambda * term``).
 
-    ``pos``: (1/B) sum_i ||f_i - g_i||^2.  ``neg``: mean over the B(B-1) pairs i != j.
-    ``both``: pos + neg. Computed in O(B D) from sums, never from a B x B matrix:
+    With d2_ij = ||f_i - g_j||^2, pos = mean_i d2_ii over the B positives and negd = mean_{i != j} d2_ij over the
+    B(B-1) negatives:
+
+    - ``pos``:  + pos   pulls positive pairs together (the paper's one-sided penalty).
+    - ``neg``:  - negd  pushes negative pairs apart. The same mean-over-pairs form with the opposite sign, so it
+      is matched in magnitude to ``pos``: on unit-norm embeddings d2 = 2 - 2 cos, pos = 2 - 2 mean cos+ and
+      -negd = -2 + 2 mean cos-, and each term moves its cosines with the same total weight 2 (per pair 2/B and
+      2/(B(B-1))). Bounded (in [-4, 0]) only on normalised embeddings: on raw ones it rewards growing norms.
+    - ``both``: pos - negd = 2 (mean cos- - mean cos+) on unit-norm embeddings: a linear score-gap term.
+    - ``neg_pull``: + negd, ``both_pull``: pos + negd. The literal "L2 penalty on negative pairs": it pulls every
+      negative pair together too, which collapses the embeddings (kept as the explicitly named old form).
+
+    Computed in O(B D) from sums, never from a B x B matrix:
     sum_{i,j} ||f_i - g_j||^2 = B sum ||f||^2 + B sum ||g||^2 - 2 <sum f, sum g>.
     """
+    if pairs not in REG_PAIRS:
+        raise ValueError(f"reg_pairs must be one of {REG_PAIRS}, got {pairs!r}")
     b = image.shape[0]
     pos_sum = (image - text).pow(2).sum()
+    pos = pos_sum / b
     if pairs == "pos":
-        return pos_sum / b
+        return pos
     all_sum = b * image.pow(2).sum() + b * text.pow(2).sum() - 2 * (image.sum(0) @ text.sum(0))
-    neg = (all_sum - pos_sum) / max(b * (b - 1), 1)
-    if pairs == "neg":
-        return neg
-    if pairs == "both":
-        return pos_sum / b + neg
-    raise ValueError(f"reg_pairs must be 'pos', 'neg' or 'both', got {pairs!r}")
+    negd = (all_sum - pos_sum) / max(b * (b - 1), 1)
+    return {"neg": -negd, "both": pos - negd, "neg_pull": negd, "both_pull": pos + negd}[pairs]
 
 
 def contrastive_loss(

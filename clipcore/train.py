@@ -35,7 +35,7 @@ from clipcore import checkpoint as ckpt_io
 from clipcore import distributed
 from clipcore.data import DataError, load_dataset, make_loader
 from clipcore.evaluate import evaluate_model
-from clipcore.losses import LOSSES, make_loss
+from clipcore.losses import LOSSES, REG_PAIRS, make_loss
 from clipcore.methods import Task, available, get_method, method_config, trainable_parameters
 from clipcore.models import CLIP, get_config
 from clipcore.runlog import Metrics
@@ -360,7 +360,7 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     g.add_argument("--loss-kernel", default=d.loss_kernel, choices=("torch", "triton"),
                    help="fused loss: torch tiles (inductor-compiled on CUDA) or the Triton kernels (CUDA; README)")
     g.add_argument("--reg-lambda", type=float, default=d.reg_lambda)
-    g.add_argument("--reg-pairs", default=d.reg_pairs, choices=("pos", "neg", "both"))
+    g.add_argument("--reg-pairs", default=d.reg_pairs, choices=REG_PAIRS)
     g.add_argument("--local-loss", default=d.local_loss, action=argparse.BooleanOptionalAction,
                    help="torchrun: each rank's rows against all gathered columns (off: the full N x N loss on every rank)")
     g.add_argument("--gather-with-grad", default=d.gather_with_grad, action=argparse.BooleanOptionalAction,

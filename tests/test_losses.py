@@ -76,13 +76,36 @@ def test_identical_captions_make_clip_and_multipos_equal():
     torch.testing.assert_close(contrastive_loss(img, txt, scale, labels=labels), contrastive_loss(img, txt, scale))
 
 
-@pytest.mark.parametrize("pairs", ["pos", "neg", "both"])
+@pytest.mark.parametrize("pairs", ["pos", "neg", "both", "neg_pull", "both_pull"])
 def test_pair_penalty_matches_brute_force(pairs):
     img, txt, _ = _inputs(b=7)
     d2 = torch.cdist(img, txt).pow(2)
     pos, neg = d2.diag().mean(), d2[~torch.eye(7, dtype=bool)].mean()
-    expected = {"pos": pos, "neg": neg, "both": pos + neg}[pairs]
+    expected = {"pos": pos, "neg": -neg, "both": pos - neg, "neg_pull": neg, "both_pull": pos + neg}[pairs]
     torch.testing.assert_close(pair_penalty(img, txt, pairs), expected)
+
+
+def test_neg_penalty_pushes_negatives_apart_matched_to_pos():
+    """`neg` pushes negative pairs apart (its gradient lowers every negative cosine, the old `neg_pull` raises
+    them), and on unit-norm embeddings it moves its cosines with the same total weight as `pos` (2 per term)."""
+    img, txt, _ = _inputs(b=6)
+    cos = (img @ txt.T).detach().requires_grad_()            # the penalties as functions of the cosines
+    eye = torch.eye(6, dtype=torch.bool)
+    as_cos = {"pos": lambda c: (2 - 2 * c[eye]).mean(), "neg": lambda c: -(2 - 2 * c[~eye]).mean()}
+    for pairs, f in as_cos.items():                          # the closed forms agree with pair_penalty
+        torch.testing.assert_close(f(img @ txt.T), pair_penalty(img, txt, pairs))
+    g_pos, g_neg = (torch.autograd.grad(as_cos[p](cos), cos)[0] for p in ("pos", "neg"))
+    assert (g_neg[~eye] > 0).all() and (g_neg[eye] == 0).all()     # descent lowers negative cosines: pushes apart
+    assert (g_pos[eye] < 0).all() and (g_pos[~eye] == 0).all()     # descent raises positive cosines: pulls together
+    assert g_pos.abs().sum().item() == pytest.approx(2.0) and g_neg.abs().sum().item() == pytest.approx(2.0)
+    # through the embeddings: a small gradient step on `neg` lowers the mean negative cosine, on `neg_pull` raises it
+    for pairs, sign in (("neg", -1), ("neg_pull", 1)):
+        f, g = img.detach().clone().requires_grad_(), txt.detach().clone().requires_grad_()
+        gf, gg = torch.autograd.grad(pair_penalty(f, g, pairs), (f, g))
+        step = lambda e, ge: torch.nn.functional.normalize(e - 0.01 * ge, dim=-1)  # noqa: E731
+        before = (f @ g.T)[~eye].mean()
+        after = (step(f, gf) @ step(g, gg).T)[~eye].mean()
+        assert sign * (after - before).item() > 1e-6
 
 
 def test_reg_loss_and_options():
@@ -95,6 +118,10 @@ def test_reg_loss_and_options():
     torch.testing.assert_close(pen, (2 - 2 * (img * txt).sum(1)).mean())
     with pytest.raises(ValueError, match="reg_pairs"):
         contrastive_loss(img, txt, scale, reg_lambda=1.0, reg_pairs="all")
+    # only the chosen pair term changes: the positive-pair penalty is the same under every name that includes it
+    for pairs, extra in (("both", -pair_penalty(img, txt, "neg_pull")), ("both_pull", pair_penalty(img, txt, "neg_pull"))):
+        torch.testing.assert_close(contrastive_loss(img, txt, scale, reg_lambda=0.5, reg_pairs=pairs),
+                                   base + 0.5 * (pen + extra))
 
 
 def test_square_loss_and_make_loss():

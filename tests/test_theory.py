@@ -15,8 +15,8 @@ from clipcore.losses import contrastive_loss, make_loss, pair_penalty
 from theory import derivations as D
 from theory.fit import (batch_loss, fit, fixed_batches, fresh_batches, linear_clip, population_loss, train_protocol,
                         weights)
-from theory.measures import (class_alignment, completeness, ground_truth_embed, margins, suppression, topr_error,
-                             tv_gaussian_scale)
+from theory.measures import (class_alignment, completeness, ground_truth_embed, margins, prompt_margins, suppression,
+                             topr_error, tv_gaussian_scale)
 from theory.world import World, WorldConfig
 
 torch.set_num_threads(1)
@@ -177,6 +177,34 @@ def test_fixed_batch_loss_is_mean_of_batch_losses():
         fixed_batches(s.x, s.y, 10)
 
 
+def test_prompt_margins_brute_force_and_ground_truth():
+    g = gen(4)
+    img, prompts = F.normalize(torch.randn(50, 6, generator=g), dim=-1), F.normalize(torch.randn(4, 6, generator=g), dim=-1)
+    labels = torch.randint(0, 4, (50,), generator=g)
+    sc = img @ prompts.T
+    brute = torch.stack([sc[i, labels[i]] - max(sc[i, k] for k in range(4) if k != labels[i]) for i in range(50)])
+    m = prompt_margins(img, prompts, labels)
+    torch.testing.assert_close(m, brute)
+    assert ((m > 0) == (sc.argmax(1) == labels)).all()                         # m > 0 iff zero-shot top-1 is right
+    w = World(WorldConfig(noise=0.0), 0)                                         # ground truth: cos 1 vs 0 -> gamma* = 1
+    s = w.sample(200, gen())
+    gp = F.normalize(w.prompts() @ w.ground_truth()[1].T, dim=-1)
+    torch.testing.assert_close(prompt_margins(ground_truth_embed(w, s)[0], gp, s.labels), torch.ones(200), atol=1e-5, rtol=0)
+
+
+def test_fit_cosine_schedule_ends_at_zero_lr():
+    w = World(WorldConfig(), 0)
+    model = linear_clip(w.cfg, 8, tau=0.1, seed=0)
+    x, y = w.sample(64, gen()).x, w.sample(64, gen()).y
+    hist = fit(model, make_loss("clip"), fixed_batches(x, y, 16), steps=60, lr=0.05, opt="adam", schedule="cosine")
+    before = weights(model)[0].clone()
+    fit(model, make_loss("clip"), fixed_batches(x, y, 16), steps=1, lr=0.05, opt="adam", schedule="cosine")
+    assert not torch.equal(before, weights(model)[0])                          # a 1-step cosine run steps at lr
+    assert abs(hist[-1] - hist[-2]) < abs(hist[1] - hist[0])                   # the last steps barely move
+    with pytest.raises(ValueError, match="schedule"):
+        fit(model, make_loss("clip"), fixed_batches(x, y, 16), steps=1, lr=0.1, schedule="step")
+
+
 def test_fit_reduces_loss_and_calls_back():
     w = World(WorldConfig(), 0)
     model = linear_clip(w.cfg, 16, tau=0.1, seed=0)
@@ -201,6 +229,9 @@ def test_train_protocol_is_deterministic_and_tracks():
     assert {"ratio_img", "ratio_txt", "align"} <= traj[0].keys()
     torch.testing.assert_close(weights(m1)[0], weights(m2)[0])                 # CPU runs are reproducible
     assert m1.logit_scale_value().item() == pytest.approx(10.0) and w1.cfg == cfg
+    w3, m3, _ = train_protocol(cfg, 0.1, seed=3, steps=40, track_points=4, rep=1)   # a replicate: same world, other run
+    torch.testing.assert_close(w3.G, w1.G)
+    assert not torch.allclose(weights(m3)[0], weights(m1)[0])
 
 
 # ----------------------------------------------------------------------------- derivations
@@ -261,16 +292,16 @@ def test_neg_penalty_stationary_margin_matches_optimisation(over_tau):
     def objective(pairs):
         emb = torch.stack([a, -a])[:, None]                                    # f = g = a z, z = +-1
         return contrastive_loss(emb, emb, 1 / tau_v, reg_lambda=lam_v, reg_pairs=pairs, reg_over_tau=over_tau)
-    assert objective("neg").item() == pytest.approx(float(d["objective_neg"].subs({**subs, D.a: 0.6})), rel=1e-10)
-    (grad,) = torch.autograd.grad(objective("neg"), a)
+    assert objective("neg_pull").item() == pytest.approx(float(d["objective_neg"].subs({**subs, D.a: 0.6})), rel=1e-10)
+    (grad,) = torch.autograd.grad(objective("neg_pull"), a)
     assert grad.item() == pytest.approx(float(d["d_neg"].subs({**subs, D.a: 0.6})), rel=1e-8)
     opt = torch.optim.LBFGS([a], lr=0.5, max_iter=200, tolerance_grad=1e-12, tolerance_change=1e-14)
     def closure():
-        opt.zero_grad(); loss = objective("neg"); loss.backward(); return loss
+        opt.zero_grad(); loss = objective("neg_pull"); loss.backward(); return loss
     opt.step(closure)
     assert 2 * a.item() ** 2 == pytest.approx(float(d["margin"].subs(subs)), rel=1e-5)   # margin s+ - s- = 2a^2
-    both = objective("both")                                                   # pos penalty is 0 here: same objective
-    assert both.item() == pytest.approx(objective("neg").item(), rel=1e-12)
+    both = objective("both_pull")                                                   # pos penalty is 0 here: same objective
+    assert both.item() == pytest.approx(objective("neg_pull").item(), rel=1e-12)
     # the positive-only penalty is 0 on this family: its derivative is CLIP's, negative for every a > 0
     assert all(float(d["d_pos"].subs({**subs, D.a: v})) < 0 for v in (0.1, 0.5, 2.0))
 

@@ -8,9 +8,9 @@ clipcore's losses or against sampling. Each function returns sympy objects (and,
 2. ``pos_penalty_stationary``  the positive-pair penalty E(f - g)^2 in a scalar linear model: its
                          stationary set kills the unique coefficients and equates the shared ones (Lemma 1 /
                          T2's alignment, and why Reg suppresses unique features at a rate ~ lambda, not e^{-gap/tau}).
-3. ``neg_penalty_margin``  [RECON] CLIP + a penalty on negative pairs in the antipodal scalar model: a finite
-                         stationary scale whose margin is tau * log(1/(2 lambda tau) - 1) = O~(tau); the
-                         positive-only penalty is 0 there and caps nothing.
+3. ``neg_penalty_margin``  [RECON] CLIP + a pulling penalty on negative pairs (clipcore's ``neg_pull``) in the
+                         antipodal scalar model: a finite stationary scale whose margin is
+                         tau * log(1/(2 lambda tau) - 1) = O~(tau); the positive-only penalty is 0 there and caps nothing.
 4. ``suppression_gradients``  normalised model with unique-to-shared ratio t: CLIP's gradient in t decays like
                          e^{-2/((1+t^2) tau)}, the penalty's (lambda / tau) one does not.
 5. ``bayes_square_predictor``  T5 [THIRD]: argmin_g E||g(x) - y||^2 = E[y | z] = H [z; E(zeta | z)].
@@ -59,8 +59,9 @@ def pos_penalty_stationary() -> dict:
 # ----------------------------------------------------------------------------- 3. penalising negatives
 def neg_penalty_margin(over_tau: bool = False) -> dict:
     """Two pairs, classes z = +1, -1, embeddings f = g = a z (scalar, raw). Scores: +a^2 positive, -a^2 negative.
-    clipcore's loss: log(1 + e^{-2 a^2 / tau}) + lam' * penalty with penalty_neg = (2a)^2, penalty_pos = 0,
-    lam' = lam / tau when ``over_tau``. Returns the stationary scale and its margin 2 a^2."""
+    clipcore's loss with reg_pairs="neg_pull" (the pulling form): log(1 + e^{-2 a^2 / tau}) + lam' * penalty with
+    penalty_neg = (2a)^2, penalty_pos = 0, lam' = lam / tau when ``over_tau``. Returns the stationary scale and its
+    margin 2 a^2."""
     lam_eff = lam / tau if over_tau else lam
     clip = sp.log(1 + sp.exp(-2 * a**2 / tau))
     obj_neg = clip + lam_eff * (2 * a) ** 2

@@ -82,13 +82,14 @@ def batch_loss(model: CLIP, loss_fn, x: Tensor, y: Tensor) -> Tensor:
 
 
 def fit(model: CLIP, loss_fn, batches: Callable[[int], Batch], *, steps: int, lr: float, opt: str = "sgd",
-        momentum: float = 0.9, weight_decay: float = 0.0,
+        momentum: float = 0.9, weight_decay: float = 0.0, schedule: str = "constant",
         callback: Callable[[int, CLIP], None] | None = None, every: int = 0) -> list[float]:
     """Minimise ``loss_fn(img, txt, logit_scale)`` over ``steps`` batches; returns the loss per step.
 
     opt: ``sgd`` (with ``momentum``; the gradient-descent setting of the theory, whose vanishing gradients
     T6 is about) or ``adam`` (AdamW). ``callback(step, model)`` runs before step 0, every ``every`` steps
-    and after the last step."""
+    and after the last step. schedule: ``constant`` lr, or ``cosine`` (lr * (1 + cos(pi t / steps)) / 2, decaying
+    to 0: a run that ends on a plateau of the training loss, i.e. trained to convergence at that step count)."""
     params = [p for p in model.parameters() if p.requires_grad]
     if opt == "sgd":
         optim = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
@@ -96,6 +97,9 @@ def fit(model: CLIP, loss_fn, batches: Callable[[int], Batch], *, steps: int, lr
         optim = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     else:
         raise ValueError(f"opt must be 'sgd' or 'adam', got {opt!r}")
+    if schedule not in ("constant", "cosine"):
+        raise ValueError(f"schedule must be 'constant' or 'cosine', got {schedule!r}")
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(optim, steps) if schedule == "cosine" else None
     hist = []
     for step in range(steps):
         if callback and (step == 0 or (every and step % every == 0)):
@@ -105,6 +109,8 @@ def fit(model: CLIP, loss_fn, batches: Callable[[int], Batch], *, steps: int, lr
         optim.zero_grad(set_to_none=True)
         loss.backward()
         optim.step()
+        if sched is not None:
+            sched.step()
         hist.append(loss.item())
     if callback:
         callback(steps, model)
@@ -120,20 +126,21 @@ def population_loss(model: CLIP, loss_fn, world: World, batch_size: int, n: int,
 
 def train_protocol(cfg: WorldConfig, tau: float, seed: int, *, steps: int, batch_size: int = 32, embed_dim: int = 16,
                    eta0: float = 1.0, loss: str = "clip", reg_lambda: float = 0.0, reg_pairs: str = "pos",
-                   track_points: int = 20) -> tuple[World, CLIP, list[dict]]:
+                   track_points: int = 20, rep: int = 0) -> tuple[World, CLIP, list[dict]]:
     """The theory experiments' common protocol: world and init from ``seed``, linear normalised towers into
     ``embed_dim``, fixed tau, fresh i.i.d. batches, SGD (momentum 0.9) with lr = eta0 * tau, i.e. SGD on tau * L so
     that the step in score units is the same at every tau. ``loss``/``reg_*`` go to clipcore's ``make_loss`` with
     ``reg_over_tau=True`` (objective L + lambda R / tau). Returns (world, model, trajectory), the trajectory holding
-    the unique-feature ratios and the mean class alignment at ``track_points`` + 1 steps."""
+    the unique-feature ratios and the mean class alignment at ``track_points`` + 1 steps. ``rep`` > 0 gives a
+    replicate on the same world with another init and batch stream (a null arm: the same method, other seeds)."""
     world = World(cfg, seed)
-    model = linear_clip(cfg, embed_dim, tau, seed=seed)
+    model = linear_clip(cfg, embed_dim, tau, seed=seed + 7919 * rep)
     traj: list[dict] = []
 
     def track(step: int, m: CLIP) -> None:
         b = world.blocks(*weights(m))
         traj.append({"step": step, **suppression(b), "align": class_alignment(b).mean().item()})
     fn = make_loss(loss, reg_lambda=reg_lambda, reg_pairs=reg_pairs, reg_over_tau=True)
-    fit(model, fn, fresh_batches(world, batch_size, seed=1000 + seed), steps=steps, lr=eta0 * tau,
+    fit(model, fn, fresh_batches(world, batch_size, seed=1000 + seed + 7919 * rep), steps=steps, lr=eta0 * tau,
         callback=track, every=max(steps // track_points, 1))
     return world, model, traj
