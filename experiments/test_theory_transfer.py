@@ -149,7 +149,7 @@ def test_thy5_square_loss_fails_zero_shot():
     ax.axhline(chance_err, color="gray", ls=":", lw=1, label="chance")
     ax.set(xlabel="", ylabel="zero-shot top-1 error", title=f"THY-5: square loss, E[zeta|z] = {M:g}u, prompt zeta_k ~ N(0, {SIGMA_P:g}^2)")
     ax.tick_params(axis="x", labelsize=7, rotation=20)
-    ax.legend(loc="upper right", fontsize=8)
+    ax.legend(loc="upper center", fontsize=8)
     rec = save_result(
         "THY-5", claim="T5 / Cor. 5: the square-loss optimum H[z; E(zeta|z)] keeps text-unique features, so its "
         "zero-shot error is >= 1/(3K); CLIP avoids this; L2-only training is near chance (CC3M: 3.47 %)",
