@@ -121,9 +121,13 @@ class World:
         y = torch.cat([z, zeta], 1) @ self.H.T + c.noise / math.sqrt(c.dy) * torch.randn(n, c.dy, generator=gen)
         return Sample(x, y, z, labels, xi, zeta)
 
-    def prompts(self) -> Tensor:
-        """(K, dy) class prompts y_k = H [e_k; zeta_k]."""
-        return torch.cat([torch.eye(self.cfg.K), self.prompt_zeta], 1) @ self.H.T
+    def prompts(self, styles: Tensor | None = None) -> Tensor:
+        """(K, dy) class prompts y_k = H [e_k; zeta_k]; ``styles`` (K, k_zeta) replaces the world's own zeta_k (e.g.
+        fresh draws, to average a zero-shot error over prompt styles)."""
+        styles = self.prompt_zeta if styles is None else styles
+        if styles.shape != (self.cfg.K, self.cfg.k_zeta):
+            raise ValueError(f"styles must be (K, k_zeta) = ({self.cfg.K}, {self.cfg.k_zeta}), got {tuple(styles.shape)}")
+        return torch.cat([torch.eye(self.cfg.K), styles], 1) @ self.H.T
 
     # ------------------------------------------------------------------ ground truth
     def ground_truth(self) -> tuple[Tensor, Tensor]:
