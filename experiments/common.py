@@ -108,14 +108,15 @@ def degenerate(ci: dict) -> bool:
 
 def verdict_from_ci(ci: dict, lower: float | None = None, upper: float | None = None) -> str:
     """'holds' when the whole CI lies strictly inside (lower, upper); 'fails' when it lies wholly outside;
-    else 'inconclusive'. A degenerate interval (all seeds equal, e.g. 0 ± 0 at a floor) is never 'fails'
-    and holds only when its value lies strictly inside: it is inconclusive on the bound."""
+    else 'inconclusive'. A degenerate interval (all seeds equal) sitting exactly on a bound -- e.g. a 0 ± 0
+    difference of two arms at a floor against "> 0" -- is 'inconclusive', never 'fails': it is the floor
+    speaking, not the claim. A degenerate interval strictly inside or strictly outside is decided as any other."""
     lo, hi = ci["lo"], ci["hi"]
     lower = -math.inf if lower is None else lower
     upper = math.inf if upper is None else upper
     if lo > lower and hi < upper:
         return "holds"
-    if degenerate(ci):
+    if degenerate(ci) and ci["mean"] in (lower, upper):
         return "inconclusive"
     if hi <= lower or lo >= upper:
         return "fails"

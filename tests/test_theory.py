@@ -378,7 +378,8 @@ def test_mean_ci_verdicts_and_results_table(tmp_path):
     assert c.verdict_from_ci(ci, lower=0.0) == "holds" and c.verdict_from_ci(ci, 0.5, 2.0) == "holds"
     assert c.verdict_from_ci(ci, lower=1.0) == "inconclusive"
     assert c.verdict_from_ci(ci, upper=0.5) == "fails" and c.verdict_from_ci(ci, lower=2.0) == "fails"
-    assert c.verdict_from_ci(c.mean_ci([0.0, 0.0, 0.0]), lower=0.0) == "inconclusive"  # 0 +- 0 (a floor) never fails
+    assert c.verdict_from_ci(c.mean_ci([0.0, 0.0, 0.0]), lower=0.0) == "inconclusive"  # 0 +- 0 on the bound never fails
+    assert c.verdict_from_ci(c.mean_ci([0.0, 0.0, 0.0]), lower=0.8) == "fails"         # 0 +- 0 against "> 0.8" does
     assert c.verdict_from_ci(c.mean_ci([3.0, 3.0, 3.0]), lower=0.0) == "holds"
     for cid, v in (("THY-10", "holds"), ("THY-2", "fails")):
         (tmp_path / f"{cid}.json").write_text(json.dumps({"id": cid, "claim": "c|x", "prediction": "p", "threshold": "t",
