@@ -1,16 +1,88 @@
-"""Run logging of clipcore.train: metrics as JSON lines (always), TensorBoard scalars (when installed), and the
-loss-curve PNG drawn from the metrics file when the run closes."""
+"""The run folder of clipcore.train: its lock, the stop signals, and the run log -- metrics as JSON lines
+(always), TensorBoard scalars (when installed), and the loss-curve PNG drawn from the metrics file on close."""
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
+import os
+import signal
+import socket
 from pathlib import Path
+from typing import Iterator
+
+from clipcore.errors import UserError
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)   # pre-emption, and SLURM's --signal=USR1@<seconds> warning
+
+
+@contextlib.contextmanager
+def claim(folder: Path, main: bool = True) -> Iterator[None]:
+    """Create ``folder`` and hold an exclusive ``fcntl.flock`` on ``folder/.lock`` while the block runs (the kernel
+    drops it when the process dies, so a crash never leaves the folder locked). A second process gets a
+    UserError naming the holder. ``main`` False (torchrun ranks > 0): nothing is done."""
+    if not main:
+        yield
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    f = open(folder / ".lock", "a+")
+    try:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            raise UserError(f"run folder {folder} is in use by {holder} (it holds {folder / '.lock'}); wait for it to "
+                            "finish, or start a separate run (another --name, or no --resume)") from None
+        f.seek(0); f.truncate(); f.write(f"pid {os.getpid()} on {socket.gethostname()}\n"); f.flush()
+        yield
+    finally:
+        f.close()   # releases the lock
+
+
+class StopSignals:
+    """``with StopSignals() as s``: SIGTERM / SIGUSR1 set ``s.signum`` instead of killing the process, so the loop
+    checkpoints and stops at the next step boundary; the previous handlers come back on exit. Outside the main
+    thread (where handlers cannot be set) it does nothing."""
+
+    def __enter__(self) -> "StopSignals":
+        self.signum, self.old = None, {}
+        with contextlib.suppress(ValueError):
+            for sig in STOP_SIGNALS:
+                self.old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        self.signum = signum
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self.old.items():
+            signal.signal(sig, handler)
+
+
+def read_rows(path: Path) -> list[dict]:
+    """The rows of a metrics file; a torn (half-written, unparsable) line is skipped."""
+    rows = []
+    for line in open(path):
+        with contextlib.suppress(json.JSONDecodeError):
+            rows.append(json.loads(line))
+    return rows
 
 
 class Metrics:
-    """JSON lines (always), TensorBoard (when installed), and a loss-curve PNG on close."""
+    """JSON lines (always), TensorBoard (when installed), and a loss-curve PNG on close. ``resume_step``: the step
+    a resumed run continues from; rows of later steps (logged by the run before it stopped, about to be logged
+    again) and a torn last line are dropped from the file first."""
 
-    def __init__(self, out: Path):
+    def __init__(self, out: Path, resume_step: int | None = None):
         self.out, self.path = out, out / "metrics.jsonl"
+        if self.path.exists():
+            text = self.path.read_text()
+            lines = text.splitlines(keepends=True)
+            keep = [ln for ln in lines if ln.endswith("\n") and _step_at_most(ln, resume_step)]
+            if len(keep) != len(lines):
+                tmp = self.path.with_name(f"metrics.jsonl.{os.getpid()}.tmp")
+                tmp.write_text("".join(keep)); os.replace(tmp, self.path)
         self.f = open(self.path, "a")
         try:
             from torch.utils.tensorboard import SummaryWriter
@@ -32,6 +104,14 @@ class Metrics:
         plot_losses(self.path, self.out / "loss.png")
 
 
+def _step_at_most(line: str, step: int | None) -> bool:
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError:
+        return False
+    return step is None or row.get("step", 0) <= step
+
+
 def plot_losses(metrics_path: Path, png: Path) -> None:
     """Loss (and val zero-shot top-1 when logged) against step, from the metrics file of the whole run."""
     import matplotlib
@@ -39,7 +119,7 @@ def plot_losses(metrics_path: Path, png: Path) -> None:
     import matplotlib.pyplot as plt
     import seaborn as sns
 
-    rows = [json.loads(line) for line in open(metrics_path)]
+    rows = read_rows(metrics_path)
     train = [(r["step"], r["loss"]) for r in rows if "loss" in r]
     val = [(r["step"], r["val/acc1"]) for r in rows if "val/acc1" in r]
     if not train:
