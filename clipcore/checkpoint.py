@@ -35,7 +35,7 @@ from clipcore.models import CLIP, config_from_dict
 from clipcore.tokenizer import WordTokenizer, build_tokenizer
 
 # what checkpoints of clipcore < 0.2 need beyond weights_only's defaults: numpy's RNG state as an array
-_LEGACY_NUMPY = [np._core.multiarray._reconstruct, np.ndarray, np.dtype]
+_LEGACY_NUMPY = [np._core.multiarray._reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
 _TMP = re.compile(r"^(?P<name>.+)\.(?P<pid>\d+)@(?P<host>[^@/]+)\.tmp$")
 
 
@@ -229,13 +229,13 @@ def safe_load(path: str | os.PathLike, what: str = "checkpoint"):
     except Exception as e:
         msg = str(e)
         if "Weights only load failed" in msg:
-            found = re.search(r"GLOBAL (\S+)", msg)
+            found = re.search(r"GLOBAL (\S+)|but got <class '([^']+)'>", msg)
             raise CheckpointError(
                 f"refusing to load {what} {path}: it holds a Python object "
-                f"({found[1] if found else 'not a tensor or plain value'}) whose unpickling could run code; clipcore "
+                f"({(found[1] or found[2]) if found else 'not a tensor or plain value'}) whose unpickling could run code; clipcore "
                 "loads only tensors and plain values (torch.load weights_only=True). If you trust the file, "
                 "re-save its tensors (e.g. its state_dict) with torch.save") from e
-        first = msg.strip().splitlines()[0] if msg.strip() else type(e).__name__
+        first = msg.strip().splitlines()[0].split(". ")[0] if msg.strip() else type(e).__name__
         raise CheckpointError(f"{what} {path} is unreadable (truncated or corrupt?): {first}") from e
 
 
@@ -295,29 +295,33 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-# train_config keys that must match for an exact resume (the number of processes is compared too)
+# train_config keys that must match for an exact resume. File data are batched by global batch whatever the
+# number of processes and workers; webdataset shards are dealt to (rank, worker) slots, so there those count too.
 RESUME_KEYS = ("method", "options", "model", "train_data", "dataset_type", "loss", "reg_lambda", "reg_pairs",
-               "batch_size", "accum_freq", "epochs", "lr", "wd", "warmup", "workers", "seed")
+               "batch_size", "accum_freq", "epochs", "lr", "wd", "warmup", "seed")
+STREAM_KEYS = ("workers",)
 
 
-def config_differences(ckpt: dict, cfg, world_size: int) -> list[str]:
+def config_differences(ckpt: dict, cfg, world_size: int, streamed: bool = False) -> list[str]:
     """What differs between the run that wrote ``ckpt`` and the TrainConfig ``cfg`` of a resume, as
-    "--batch-size 32 (now 64)" items, over :data:`RESUME_KEYS` and the number of processes."""
+    "--batch-size 32 (now 64)" items, over :data:`RESUME_KEYS` (``streamed``, webdataset shards: also
+    :data:`STREAM_KEYS` and the number of processes)."""
     stored = ckpt.get("train_config") or {}
+    keys = RESUME_KEYS + (STREAM_KEYS if streamed else ())
     out = [f"--{k.replace('_', '-')} {stored[k]!r} (now {getattr(cfg, k)!r})"
-           for k in RESUME_KEYS if k in stored and stored[k] != getattr(cfg, k)]
-    if ckpt.get("world_size", world_size) != world_size:
+           for k in keys if k in stored and stored[k] != getattr(cfg, k)]
+    if streamed and ckpt.get("world_size", world_size) != world_size:
         out.append(f"{ckpt['world_size']} processes (now {world_size})")
     return out
 
 
-def restore(state: dict, cfg, world: int, model, opt, sched, scaler) -> None:
+def restore(state: dict, cfg, world: int, model, opt, sched, scaler, *, streamed: bool = False) -> None:
     """--resume: load ``state`` (a checkpoint of clipcore.train) into the model, optimiser, scheduler, scaler and
-    RNGs, after checking that it was written with the same settings (:data:`RESUME_KEYS`, ``cfg`` a TrainConfig):
+    RNGs, after checking that it was written with the same settings (:func:`config_differences`, ``cfg`` a TrainConfig):
     a ConfigError lists the differences, unless ``cfg.resume_override``, which takes the new ones (lr and wd
     included) with a warning."""
     src = state["loaded_from"]
-    diffs = config_differences(state, cfg, world)
+    diffs = config_differences(state, cfg, world, streamed)
     if diffs and not cfg.resume_override:
         raise ConfigError(f"--resume {src}: that run used other settings: {'; '.join(diffs)}. Pass the same flags, "
                           "or add --resume-override to continue with the new ones (the schedule or sample order then "

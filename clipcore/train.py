@@ -284,7 +284,7 @@ def _train(cfg: TrainConfig, task: Task | None, dd, out: Path, signals: StopSign
     step = epoch = start_batch = 0
     if cfg.resume:  # every rank reads the checkpoint (shared filesystem), so optimiser states agree
         state = ckpt_io.load(ckpt_path if cfg.resume == "latest" else cfg.resume, fallback=True)
-        ckpt_io.restore(state, cfg, dd.world, model, opt, sched, scaler)
+        ckpt_io.restore(state, cfg, dd.world, model, opt, sched, scaler, streamed=dataset_type(cfg) == "webdataset")
         step, epoch, start_batch = state["step"], state["epoch"], state["batch"]
         if main:
             print(f"resumed from {state['loaded_from']} at step {step} (epoch {epoch}, batch {start_batch})")
