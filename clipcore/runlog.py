@@ -55,6 +55,17 @@ class StopSignals:
     def _handle(self, signum, frame) -> None:
         self.signum = signum
 
+    def agreed(self, world: int, device) -> int | None:
+        """The signal to stop on, the same on every rank: under torchrun (``world`` > 1; one all-reduce) a signal
+        to any rank stops all of them (those that got none report SIGTERM)."""
+        if world > 1:
+            import torch
+
+            from clipcore import distributed
+            got = distributed.mean_across(torch.tensor(float(self.signum or 0), device=device)).item() > 0
+            self.signum = self.signum or (signal.SIGTERM if got else None)
+        return self.signum
+
     def __exit__(self, *exc) -> None:
         for sig, handler in self.old.items():
             signal.signal(sig, handler)

@@ -351,10 +351,7 @@ def _train(cfg: TrainConfig, task: Task | None, dd, out: Path, signals: StopSign
                            **info, "time": time.time() - t0})
                 bar.set_postfix(loss=f"{losses[-1]:.3f}", **{k: f"{v:.3g}" for k, v in info.items()})
             at_end = i + 1 == steps_per_epoch
-            if dd.world > 1:    # every rank stops at the same step when any got the signal
-                got = distributed.mean_across(torch.tensor(float(signals.signum or 0), device=device)).item() > 0
-                signals.signum = signals.signum or (signal.SIGTERM if got else None)
-            stop = bool(cfg.max_steps) and step >= cfg.max_steps or signals.signum is not None
+            stop = bool(cfg.max_steps) and step >= cfg.max_steps or signals.agreed(dd.world, device) is not None
             if (cfg.save_every and step % cfg.save_every == 0) or (stop and not at_end):
                 save(epoch, i + 1)
             if stop or at_end:
