@@ -83,14 +83,10 @@ def load_pretrained(model: nn.Module, path: str | Path) -> None:
     sd = read_state_dict(path)
     if isinstance(model, OpenCLIP) and sd and all(k.startswith("model.") for k in sd):
         sd = {k[len("model."):]: v for k, v in sd.items()}     # a clipcore checkpoint of an OpenCLIP run
-    own = target.state_dict()
-    missing, unexpected = sorted(set(own) - set(sd)), sorted(set(sd) - set(own))
-    wrong = sorted(k for k in set(own) & set(sd) if own[k].shape != sd[k].shape)
-    if missing or unexpected or wrong:
-        def show(keys: list[str]) -> str:
-            return f"{len(keys)} ({', '.join(keys[:8])}{', ...' if len(keys) > 8 else ''})"
+    from clipcore.checkpoint import state_dict_mismatch
+    mismatch = state_dict_mismatch(target.state_dict(), sd)
+    if mismatch:
         what = getattr(model, "name", None) or type(model).__name__
-        raise ConfigError(f"--pretrained {path} does not fit the model {what}: missing keys {show(missing)}; "
-                         f"unexpected keys {show(unexpected)}; shape mismatches {show(wrong)}. Pass weights saved "
-                         "from the same architecture (open_clip weights need --model open_clip:<its name>).")
+        raise ConfigError(f"--pretrained {path} does not fit the model {what}: {mismatch}. Pass weights saved "
+                          "from the same architecture (open_clip weights need --model open_clip:<its name>).")
     target.load_state_dict(sd)

@@ -191,21 +191,30 @@ def pause_for_test(point: str) -> None:
 
 
 # ----------------------------------------------------------------------------- reading
-def nonfinite(obj, where: str = "") -> str | None:
-    """The first floating tensor in ``obj`` (nested dicts, lists, tuples) holding NaN or inf, described with its
-    key path ("optimizer.state.3.exp_avg: 1024 of 4096 values are NaN/inf"); None when all are finite."""
+def _tensors(obj, where: str = ""):
+    """(key path, tensor) for every tensor in nested dicts, lists and tuples."""
     if isinstance(obj, torch.Tensor):
-        if obj.is_floating_point() or obj.is_complex():
-            n = int((~torch.isfinite(obj)).sum())
-            if n:
-                return f"{where or 'tensor'}: {n} of {obj.numel()} values are NaN/inf"
-        return None
+        yield where or "tensor", obj
+        return
     items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, (list, tuple)) else ()
     for k, v in items:
-        bad = nonfinite(v, f"{where}.{k}" if where else str(k))
-        if bad:
-            return bad
-    return None
+        yield from _tensors(v, f"{where}.{k}" if where else str(k))
+
+
+def nonfinite(obj) -> str | None:
+    """The first floating tensor in ``obj`` (nested dicts, lists, tuples) holding NaN or inf, described with its
+    key path ("optimizer.state.3.exp_avg: 1024 of 4096 values are NaN/inf"); None when all are finite. One
+    host sync per device, not per tensor."""
+    floats = [(k, t) for k, t in _tensors(obj) if t.is_floating_point() or t.is_complex()]
+    bad: set[int] = set()
+    for device in {t.device for _, t in floats}:
+        idx = [i for i, (_, t) in enumerate(floats) if t.device == device]
+        ok = torch.stack([torch.isfinite(floats[i][1]).all() for i in idx]).tolist()
+        bad.update(i for i, good in zip(idx, ok) if not good)
+    if not bad:
+        return None
+    key, t = floats[min(bad)]
+    return f"{key}: {int((~torch.isfinite(t)).sum())} of {t.numel()} values are NaN/inf"
 
 
 def _sha256(path: Path) -> str:
@@ -315,6 +324,19 @@ def config_differences(ckpt: dict, cfg, world_size: int, streamed: bool = False)
     return out
 
 
+def state_dict_mismatch(own: dict, sd: dict) -> str | None:
+    """How state dict ``sd`` fails to fit a model whose state dict is ``own`` ("missing keys 1 (logit_scale);
+    unexpected keys 0 (); shape mismatches 0 ()"), or None when it fits exactly."""
+    missing, unexpected = sorted(set(own) - set(sd)), sorted(set(sd) - set(own))
+    wrong = sorted(k for k in set(own) & set(sd) if own[k].shape != sd[k].shape)
+    if not (missing or unexpected or wrong):
+        return None
+
+    def show(keys: list[str]) -> str:
+        return f"{len(keys)} ({', '.join(keys[:8])}{', ...' if len(keys) > 8 else ''})"
+    return f"missing keys {show(missing)}; unexpected keys {show(unexpected)}; shape mismatches {show(wrong)}"
+
+
 def restore(state: dict, cfg, world: int, model, opt, sched, scaler, *, streamed: bool = False) -> None:
     """--resume: load ``state`` (a checkpoint of clipcore.train) into the model, optimiser, scheduler, scaler and
     RNGs, after checking that it was written with the same settings (:func:`config_differences`, ``cfg`` a TrainConfig):
@@ -326,11 +348,11 @@ def restore(state: dict, cfg, world: int, model, opt, sched, scaler, *, streamed
         raise ConfigError(f"--resume {src}: that run used other settings: {'; '.join(diffs)}. Pass the same flags, "
                           "or add --resume-override to continue with the new ones (the schedule or sample order then "
                           "differs from an uninterrupted run)")
-    try:
-        model.load_state_dict(state["model"])
-    except RuntimeError as e:
-        raise ConfigError(f"--resume {src}: its weights do not fit this run's model ({str(e).splitlines()[0]}); "
-                          "resume with that run's --model") from e
+    mismatch = state_dict_mismatch(model.state_dict(), state["model"])
+    if mismatch:
+        raise ConfigError(f"--resume {src}: its weights do not fit this run's model ({mismatch}); resume with that "
+                          "run's --model")
+    model.load_state_dict(state["model"])
     opt.load_state_dict(state["optimizer"]); sched.load_state_dict(state["scheduler"])
     scaler.load_state_dict(state["scaler"]); set_rng_state(state["rng"])
     if diffs:

@@ -221,6 +221,10 @@ def test_resume_with_other_settings_is_refused_unless_overridden(run):
         out = train(TrainConfig(logs=str(logs), resume=str(latest), max_steps=4, resume_override=True, **cfg))
     assert out["steps"] == 4
     assert ckpt_io.load(latest)["optimizer"]["param_groups"][0]["initial_lr"] == 1e-3
+    with pytest.raises(ConfigError, match=r"--model 'tiny' \(now 'tiny-vit'\)"):
+        train(TrainConfig(logs=str(logs), resume=str(latest), max_steps=5, model="tiny-vit", **FAST))
+    with pytest.raises(ConfigError, match=r"its weights do not fit this run's model \(missing keys \d+ \(.*--model"):
+        train(TrainConfig(logs=str(logs), resume=str(latest), max_steps=5, model="tiny-vit", resume_override=True, **FAST))
 
 
 def test_locked_run_folder_is_refused(run):
