@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import json
 import os
 import signal
@@ -69,6 +70,24 @@ class StopSignals:
     def __exit__(self, *exc) -> None:
         for sig, handler in self.old.items():
             signal.signal(sig, handler)
+
+
+def _ignore_stop_signals(init_fn, worker_id: int) -> None:
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+    if init_fn is not None:
+        init_fn(worker_id)
+
+
+def shield_workers(loader):
+    """Make a DataLoader's worker processes ignore SIGTERM / SIGUSR1 (returns ``loader``). A cluster pre-empting
+    a job signals its whole process group; torch's workers would die of it and take the run down mid-step, while
+    the main process alone should decide: checkpoint, then shut the workers down. Other iterables pass through."""
+    from torch.utils.data import DataLoader
+    if isinstance(loader, DataLoader) and loader.num_workers > 0 and not (
+            isinstance(loader.worker_init_fn, functools.partial) and loader.worker_init_fn.func is _ignore_stop_signals):
+        loader.worker_init_fn = functools.partial(_ignore_stop_signals, loader.worker_init_fn)
+    return loader
 
 
 def read_rows(path: Path) -> list[dict]:

@@ -42,7 +42,7 @@ from clipcore.evaluate import evaluate_model
 from clipcore.losses import LOSSES, make_loss
 from clipcore.methods import Task, available, get_method, method_config, trainable_parameters
 from clipcore.models import CLIP, get_config
-from clipcore.runlog import Metrics, StopSignals, claim
+from clipcore.runlog import Metrics, StopSignals, claim, shield_workers
 
 
 @dataclass
@@ -304,7 +304,7 @@ def _train(cfg: TrainConfig, task: Task | None, dd, out: Path, signals: StopSign
     def batches(epoch: int, start: int):
         """The epoch's batches; a data error (UserError) from the loader first checkpoints the progress."""
         try:
-            yield from task.loader(epoch, start)
+            yield from shield_workers(task.loader(epoch, start))   # workers ignore SIGTERM / SIGUSR1
         except UserError as e:
             if step > saved_at:
                 save(epoch, pos)

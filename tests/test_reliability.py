@@ -275,16 +275,19 @@ def test_sigusr1_checkpoints_and_stops_at_the_step_boundary(tmp_path, monkeypatc
     assert signal.getsignal(signal.SIGUSR1) == before     # the handler is gone after train()
 
 
-def test_sigterm_saves_and_exits_cleanly(tmp_path):
+def test_sigterm_to_the_process_group_saves_and_exits_cleanly(tmp_path):
+    """As a cluster pre-empts a job: SIGTERM to the whole process group, DataLoader workers included (which would
+    die of it and take the run down mid-step)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "clipcore.train", "--logs", str(tmp_path), "--name", "t",
                              "--batch-size", "32", "--warmup", "2", "--log-every", "1", "--epochs", "1",
-                             "--max-steps", "200"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                             "--max-steps", "200", "--workers", "2"], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
     metrics, deadline = tmp_path / "t" / "metrics.jsonl", time.time() + 120
     while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 2):
         assert proc.poll() is None and time.time() < deadline, proc.stderr.read() if proc.poll() is not None else ""
         time.sleep(0.05)
-    proc.send_signal(signal.SIGTERM)
+    os.killpg(proc.pid, signal.SIGTERM)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 128 + signal.SIGTERM and "Traceback" not in err, err
     step = ckpt_io.load(tmp_path / "t" / "checkpoints" / "latest.pt")["step"]
