@@ -2,8 +2,8 @@
 
 - **Safe.** A checkpoint is ``torch.save`` of a dict of tensors and plain Python values (the RNG states too) and
   is read with ``torch.load(weights_only=True)``: a file whose pickle would call anything else (run code) is
-  refused with a :class:`CheckpointError` naming it. (Checkpoints of older clipcore versions held the numpy RNG
-  state as an array; numpy's array reconstructor, which only builds data, is allowed for them.)
+  refused with a :class:`CheckpointError` naming it. (Earlier checkpoints held the numpy RNG state as an array;
+  numpy's array reconstructor, which only builds data, is allowed for them.)
 - **Atomic.** :func:`save_atomic` writes ``<file>.<pid>@<host>.tmp`` in the same folder (with the umask's mode),
   fsyncs it, and renames it over ``<file>``; a crash while saving never destroys the previous checkpoint.
 - **Verified.** The SHA-256 of the bytes written goes, after the fsync, into the sidecar ``<file>.sha256``
@@ -11,8 +11,9 @@
   sidecar exists (a file copied without one loads unverified), and that every floating tensor is finite;
   :func:`save_atomic` refuses to write non-finite tensors.
 - **A predecessor.** With ``keep_previous`` the replaced file becomes ``<stem>.prev<suffix>`` (its sidecar
-  too), in an order that leaves at least one of the two verifiable at every instant; ``load(...,
-  fallback=True)`` uses it, with a warning, when the newest is missing or fails verification.
+  too), in an order that leaves at every instant one of the two verifiable (or the new one complete but, until its
+  sidecar is written, unverified); ``load(..., fallback=True)`` uses the predecessor, with a warning, when the
+  newest is missing or fails verification.
 """
 from __future__ import annotations
 
@@ -34,7 +35,7 @@ from clipcore.errors import ConfigError, UserError
 from clipcore.models import CLIP, config_from_dict
 from clipcore.tokenizer import WordTokenizer, build_tokenizer
 
-# what checkpoints of clipcore < 0.2 need beyond weights_only's defaults: numpy's RNG state as an array
+# what earlier checkpoints need beyond weights_only's defaults: numpy's RNG state as an array (data only)
 _LEGACY_NUMPY = [np._core.multiarray._reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
 _TMP = re.compile(r"^(?P<name>.+)\.(?P<pid>\d+)@(?P<host>[^@/]+)\.tmp$")
 
@@ -160,7 +161,10 @@ def save_atomic(obj: dict, path: str | os.PathLike, *, keep_previous: bool = Fal
     bad = nonfinite(obj)
     if bad:
         raise CheckpointError(f"not writing {path}: {bad} at step {obj.get('step')}; the previous checkpoint stays")
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise CheckpointError(f"cannot write {path}: {e}") from e
     sweep_stale(path.parent)
     tmp, digest = _write_tmp(path, lambda f: torch.save(obj, f), f"save:{obj.get('step')}")
     try:
@@ -286,7 +290,7 @@ def load(path: str | os.PathLike, *, fallback: bool = False) -> dict:
 
 def rng_state() -> dict:
     """Every RNG the loop draws from, as tensors and plain values (so that weights_only loads it)."""
-    _, keys, pos, has_gauss, gauss = np.random.get_state()
+    _, keys, pos, has_gauss, gauss = np.random.get_state()   # ("MT19937", uint32 (624,), int, int, float)
     return {"torch": torch.get_rng_state(), "python": random.getstate(),
             "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos), "has_gauss": int(has_gauss),
                       "cached_gaussian": float(gauss)},

@@ -1,6 +1,7 @@
 """Fault cases of checkpoints, resume and the run folder: unsafe pickles through every entry point, bit flips,
 truncation, the predecessor fallback, resume into its own folder, changed settings, the lock, torn and
 duplicated metrics, signals, data errors, flag validation, file modes and a full disk."""
+import contextlib
 import errno
 import io
 import json
@@ -10,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 
 import numpy as np
 import pytest
@@ -113,6 +115,32 @@ def test_bit_flip_is_detected_and_resume_falls_back_with_deduplicated_metrics(ru
     steps = [r["step"] for r in read_rows(logs / "r" / "metrics.jsonl") if "loss" in r]
     assert steps == [1, 2, 3, 4]                      # the rows of step 3 logged before are not duplicated
     assert ckpt_io.load(latest)["step"] == 4
+
+
+@pytest.mark.parametrize("crash_before", range(5))
+def test_a_crash_anywhere_in_a_rotating_save_leaves_a_good_checkpoint(tmp_path, monkeypatch, crash_before):
+    """Die before the k-th rename of a save (k = 0..3; 4: no crash): the next load, with fallback, gets the old or
+    the new checkpoint, intact -- never nothing, never a mix."""
+    path = tmp_path / "ck.pt"
+    for step in (1, 2):
+        ckpt_io.save_atomic({"step": step, "w": torch.full((3,), float(step))}, path, keep_previous=True)
+    real, calls = os.replace, []
+
+    def replace(src, dst):
+        if len(calls) == crash_before:
+            raise SystemExit("killed")
+        calls.append(dst)
+        real(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    with pytest.raises(SystemExit) if crash_before < 4 else contextlib.nullcontext():
+        ckpt_io.save_atomic({"step": 3, "w": torch.full((3,), 3.0)}, path, keep_previous=True)
+    monkeypatch.undo()
+    with warnings.catch_warnings(record=True):
+        warnings.simplefilter("always")
+        ck = ckpt_io.load(path, fallback=True)
+    assert ck["step"] in (2, 3) and torch.equal(ck["w"], torch.full((3,), float(ck["step"])))
+    assert ck["step"] == 3 or crash_before < 3       # once the new file is in place it is the one loaded
 
 
 def test_truncated_checkpoint_names_the_file(run):
