@@ -388,6 +388,7 @@ def _train(cfg: TrainConfig, task: Task | None, dd, out: Path, signals: StopSign
 def parse_args(argv: list[str] | None = None) -> TrainConfig:
     d = TrainConfig()
     p = argparse.ArgumentParser(prog="python -m clipcore.train", description=__doc__.split("\n\n")[0],
+                                usage="%(prog)s [flags] (--help lists them)",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     g = p.add_argument_group("data")
     g.add_argument("--train-data", default=d.train_data, help="CSV/TSV (filepath, caption[, label]) or image folder; default: embedded animal-mnist")
@@ -439,10 +440,7 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     options = {k.split("__", 1)[1]: v for k, v in given.items()}
     cfg = TrainConfig(**{f.name: getattr(a, f.name) for f in dataclasses.fields(TrainConfig) if f.name != "options"},
                       options=options)
-    try:
-        check_config(cfg)
-    except ConfigError as e:
-        p.error(str(e))
+    check_config(cfg)     # a ConfigError: one line under main's cli wrapper
     return cfg
 
 

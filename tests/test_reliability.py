@@ -343,9 +343,8 @@ def test_data_error_mid_epoch_saves_progress(tmp_path, monkeypatch):
 @pytest.mark.parametrize("flag, value, least", [("--batch-size", "0", 1), ("--log-every", "0", 1), ("--epochs", "0", 1),
                                                 ("--workers", "-1", 0), ("--lr", "-1", 0.0)])
 def test_flags_are_validated(capsys, flag, value, least):
-    with pytest.raises(SystemExit) as e:
-        parse_args([flag, value])
-    assert e.value.code == 2 and f"{flag} {value if flag != '--lr' else -1.0}: must be at least {least}" in capsys.readouterr().err
+    err = _one_line_exit(capsys, train_mod.main, [flag, value])
+    assert err == f"clipcore.train: error: {flag} {value if flag != '--lr' else -1.0}: must be at least {least}"
 
 
 def test_train_validates_configs_built_in_code(tmp_path):
