@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import functools
 import json
 import os
 import signal
@@ -44,10 +43,12 @@ def claim(folder: Path, main: bool = True) -> Iterator[None]:
 class StopSignals:
     """``with StopSignals() as s``: SIGTERM / SIGUSR1 set ``s.signum`` instead of killing the process, so the loop
     checkpoints and stops at the next step boundary; the previous handlers come back on exit. Outside the main
-    thread (where handlers cannot be set) it does nothing."""
+    thread (where handlers cannot be set) it does nothing but :meth:`shield`."""
 
     def __enter__(self) -> "StopSignals":
+        import multiprocessing
         self.signum, self.old = None, {}
+        self.released = multiprocessing.RawValue("b", 0)   # shared with worker processes: 1 once training is over
         with contextlib.suppress(ValueError):
             for sig in STOP_SIGNALS:
                 self.old[sig] = signal.signal(sig, self._handle)
@@ -67,27 +68,39 @@ class StopSignals:
             self.signum = self.signum or (signal.SIGTERM if got else None)
         return self.signum
 
+    def shield(self, loader):
+        """Return ``loader``; when it is a DataLoader with workers, they ignore SIGTERM / SIGUSR1 while training
+        runs. A cluster pre-empting a job signals its whole process group, and torch's workers would die of it and
+        take the run down mid-step; the main process alone decides (checkpoint, then stop them). Once this block
+        has exited they die of SIGTERM again, as multiprocessing's clean-up at exit expects."""
+        from torch.utils.data import DataLoader
+        if isinstance(loader, DataLoader) and loader.num_workers > 0 and not isinstance(loader.worker_init_fn, _Shielded):
+            loader.worker_init_fn = _Shielded(self.released, loader.worker_init_fn)
+        return loader
+
     def __exit__(self, *exc) -> None:
+        self.released.value = 1
         for sig, handler in self.old.items():
             signal.signal(sig, handler)
 
 
-def _ignore_stop_signals(init_fn, worker_id: int) -> None:
-    for sig in STOP_SIGNALS:
-        signal.signal(sig, signal.SIG_IGN)
-    if init_fn is not None:
-        init_fn(worker_id)
+class _Shielded:
+    """A DataLoader ``worker_init_fn`` (picklable) that installs the workers' stop-signal handler, then runs the
+    loader's own init function."""
 
+    def __init__(self, released, init_fn):
+        self.released, self.init_fn = released, init_fn
 
-def shield_workers(loader):
-    """Make a DataLoader's worker processes ignore SIGTERM / SIGUSR1 (returns ``loader``). A cluster pre-empting
-    a job signals its whole process group; torch's workers would die of it and take the run down mid-step, while
-    the main process alone should decide: checkpoint, then shut the workers down. Other iterables pass through."""
-    from torch.utils.data import DataLoader
-    if isinstance(loader, DataLoader) and loader.num_workers > 0 and not (
-            isinstance(loader.worker_init_fn, functools.partial) and loader.worker_init_fn.func is _ignore_stop_signals):
-        loader.worker_init_fn = functools.partial(_ignore_stop_signals, loader.worker_init_fn)
-    return loader
+    def __call__(self, worker_id: int) -> None:
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, self._handle)
+        if self.init_fn is not None:
+            self.init_fn(worker_id)
+
+    def _handle(self, signum, frame) -> None:
+        if self.released.value:      # training is over: die as asked (multiprocessing's terminate() at exit)
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
 
 
 def read_rows(path: Path) -> list[dict]:

@@ -42,7 +42,7 @@ from clipcore.evaluate import evaluate_model
 from clipcore.losses import LOSSES, make_loss
 from clipcore.methods import Task, available, get_method, method_config, trainable_parameters
 from clipcore.models import CLIP, get_config
-from clipcore.runlog import Metrics, StopSignals, claim, shield_workers
+from clipcore.runlog import Metrics, StopSignals, claim
 
 
 @dataclass
@@ -304,13 +304,17 @@ def _train(cfg: TrainConfig, task: Task | None, dd, out: Path, signals: StopSign
     def batches(epoch: int, start: int):
         """The epoch's batches; a data error (UserError) from the loader first checkpoints the progress."""
         try:
-            yield from shield_workers(task.loader(epoch, start))   # workers ignore SIGTERM / SIGUSR1
+            yield from signals.shield(task.loader(epoch, start))   # workers ignore SIGTERM / SIGUSR1
         except UserError as e:
             if step > saved_at:
                 save(epoch, pos)
-            e.args = (f"{e} [stopped at step {step}; progress is saved in {ckpt_path}: fix the data (or pass "
-                      "--skip-bad) and continue with --resume latest, or --resume <that path>]",)
-            raise
+            msg = str(e)     # from a DataLoader worker: "Caught ... Original Traceback ...", the message last
+            msg = msg.rstrip().rsplit(f"{type(e).__name__}: ", 1)[-1] if "\nOriginal Traceback" in msg else msg
+            e.args = (f"{msg} [stopped at step {step}" + (f"; progress is saved in {ckpt_path}: fix the data (or "
+                      "pass --skip-bad) and continue with --resume latest, or --resume <that path>]" if step else "]"),)
+            # without the loader's frames the DataLoader iterator is deleted now and shuts its workers down
+            # cleanly, instead of multiprocessing killing them at exit (and torch reporting that as an error)
+            raise e.with_traceback(None)
 
     def backward(loss: Tensor) -> None:
         """NaN/inf guard (on the mean over ranks, so all ranks stop together), then the scaled backward."""
