@@ -16,8 +16,9 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import torch
 from torch import Tensor, nn
+
+from clipcore.errors import ConfigError
 
 
 class OpenCLIP(nn.Module):
@@ -27,7 +28,7 @@ class OpenCLIP(nn.Module):
         super().__init__()
         import open_clip
         if name not in open_clip.list_models():
-            raise ValueError(f"open_clip has no model {name!r}; e.g. {', '.join(open_clip.list_models()[:8])}, ... "
+            raise ConfigError(f"open_clip has no model {name!r}; e.g. {', '.join(open_clip.list_models()[:8])}, ... "
                              "(open_clip.list_models() lists all)")
         self.name = name
         self.model = open_clip.create_model(name, pretrained=None)
@@ -56,19 +57,20 @@ class OpenCLIP(nn.Module):
 def read_state_dict(path: str | Path) -> dict[str, Tensor]:
     """Weights from .safetensors, or .pt/.pth/.bin holding a state dict, open_clip's {"state_dict": ...} (its
     DDP "module." prefix removed) or a clipcore checkpoint ({"model": ...})."""
+    from clipcore.checkpoint import CheckpointError, load, safe_load, sidecar
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"--pretrained {str(path)!r} does not exist; pass a .safetensors, .pt, .pth or .bin file")
+        raise CheckpointError(f"--pretrained {str(path)!r} does not exist; pass a .safetensors, .pt, .pth or .bin file")
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
         sd = load_file(str(path))
     else:
-        sd = torch.load(path, map_location="cpu", weights_only=False)
+        sd = load(path) if sidecar(path).is_file() else safe_load(path, "--pretrained")  # verified if it can be
         for key in ("state_dict", "model"):
             if isinstance(sd, dict) and isinstance(sd.get(key), dict):
                 sd = sd[key]
     if not isinstance(sd, dict) or not all(isinstance(v, Tensor) for v in sd.values()):
-        raise ValueError(f"{path}: not a state dict of tensors (found {type(sd).__name__})")
+        raise CheckpointError(f"--pretrained {path}: not a state dict of tensors (found {type(sd).__name__})")
     if sd and all(k.startswith("module.") for k in sd):
         sd = {k[len("module."):]: v for k, v in sd.items()}
     return sd
@@ -76,19 +78,15 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
 
 def load_pretrained(model: nn.Module, path: str | Path) -> None:
     """Load ``path`` into ``model`` (an :class:`OpenCLIP` takes open_clip's key names, a clipcore CLIP its own),
-    requiring every key to match: a ValueError names the missing and unexpected keys otherwise."""
+    requiring every key to match: a ConfigError names the missing and unexpected keys otherwise."""
     target = model.model if isinstance(model, OpenCLIP) else model
     sd = read_state_dict(path)
     if isinstance(model, OpenCLIP) and sd and all(k.startswith("model.") for k in sd):
         sd = {k[len("model."):]: v for k, v in sd.items()}     # a clipcore checkpoint of an OpenCLIP run
-    own = target.state_dict()
-    missing, unexpected = sorted(set(own) - set(sd)), sorted(set(sd) - set(own))
-    wrong = sorted(k for k in set(own) & set(sd) if own[k].shape != sd[k].shape)
-    if missing or unexpected or wrong:
-        def show(keys: list[str]) -> str:
-            return f"{len(keys)} ({', '.join(keys[:8])}{', ...' if len(keys) > 8 else ''})"
+    from clipcore.checkpoint import state_dict_mismatch
+    mismatch = state_dict_mismatch(target.state_dict(), sd)
+    if mismatch:
         what = getattr(model, "name", None) or type(model).__name__
-        raise ValueError(f"--pretrained {path} does not fit the model {what}: missing keys {show(missing)}; "
-                         f"unexpected keys {show(unexpected)}; shape mismatches {show(wrong)}. Pass weights saved "
-                         "from the same architecture (open_clip weights need --model open_clip:<its name>).")
+        raise ConfigError(f"--pretrained {path} does not fit the model {what}: {mismatch}. Pass weights saved "
+                          "from the same architecture (open_clip weights need --model open_clip:<its name>).")
     target.load_state_dict(sd)

@@ -38,6 +38,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from clipcore.errors import ConfigError
 from clipcore.losses import pair_penalty, positive_targets
 
 
@@ -233,11 +234,11 @@ def gathered_loss(full, name: str, *, impl: str = "fused", local_loss: bool = Tr
 def split_batch(batch, k: int) -> list:
     """A batch (tuple/list of tensors with a common leading dimension B, B divisible by k) -> k chunks."""
     if not isinstance(batch, (tuple, list)) or not all(isinstance(t, Tensor) for t in batch):
-        raise ValueError("--accum-freq needs batches that are tuples of tensors with a leading batch dimension; "
+        raise ConfigError("--accum-freq needs batches that are tuples of tensors with a leading batch dimension; "
                          f"got {type(batch).__name__}")
     b = batch[0].shape[0]
     if b % k or any(t.shape[0] != b for t in batch):
-        raise ValueError(f"--accum-freq {k} must divide this rank's batch of {b} rows (every tensor of the batch "
+        raise ConfigError(f"--accum-freq {k} must divide this rank's batch of {b} rows (every tensor of the batch "
                          "has that many rows); change --batch-size or --accum-freq")
     return list(zip(*(t.chunk(k) for t in batch)))
 

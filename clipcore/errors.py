@@ -20,6 +20,14 @@ class UserError(Exception):
     """Bad input from the user; the message names the file, row or flag and the fix."""
 
 
+class ConfigError(UserError, ValueError):
+    """A flag or option value (or a combination of them) that cannot work; the message names the flag."""
+
+
+class MissingFileError(UserError, FileNotFoundError):
+    """A file named by a flag does not exist; the message names the flag and the path."""
+
+
 def cli(main: Callable) -> Callable:
     """Decorate a CLI's ``main(argv=None)``: a :class:`UserError` becomes ``<prog>: error: <message>`` and exit 2."""
     @functools.wraps(main)

@@ -15,6 +15,7 @@ import torch
 
 from clipcore.checkpoint import load_model
 from clipcore.data import load_dataset
+from clipcore.errors import ConfigError, cli
 from clipcore.evaluate import encode_images, evaluate_model, linear_probe
 
 
@@ -25,7 +26,7 @@ def _labelled_features(model, dataset, device) -> tuple[torch.Tensor, torch.Tens
         feats.append(encode_images(model, images, device=device)); labels.append(y)
     y = torch.cat(labels)
     if (y < 0).any():
-        raise ValueError("the linear probe needs labelled data (a label column or an image folder)")
+        raise ConfigError("--linear-probe needs labelled data (a label column or an image folder)")
     return torch.cat(feats), y
 
 
@@ -38,7 +39,7 @@ def evaluate_checkpoint(checkpoint: str, data: str | None = None, split: str = "
     metrics = evaluate_model(model, tokenizer, dataset, device=device)
     if linear:
         if data is not None and probe_train_data is None:
-            raise ValueError("--linear-probe on user data needs --probe-train-data (the labelled data to fit the probe on)")
+            raise ConfigError("--linear-probe on user data needs --probe-train-data (the labelled data to fit the probe on)")
         train_ds = load_dataset(probe_train_data, "train", **kw)
         val_ds = load_dataset(None, "val", **kw) if probe_train_data is None else None
         tx, ty = _labelled_features(model, train_ds, device)
@@ -49,6 +50,7 @@ def evaluate_checkpoint(checkpoint: str, data: str | None = None, split: str = "
     return metrics
 
 
+@cli
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m clipcore.eval", description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", required=True, help="a .pt written by clipcore.train")

@@ -28,6 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from clipcore.errors import ConfigError, MissingFileError
+
 BY = ("image", "text")
 BACKENDS = ("exact", "faiss")
 _META_KEY = "clipcore_memory"
@@ -248,8 +250,8 @@ class MemoryBank:
         """Read a bank written by :meth:`save` (the format follows the suffix)."""
         path = Path(path)
         if not path.is_file():
-            raise FileNotFoundError(f"memory file {str(path)!r} does not exist; build one with "
-                                    "clipcore.memory.build_memory(...).save(path)")
+            raise MissingFileError(f"memory file {str(path)!r} does not exist; build one with "
+                                   "clipcore.memory.build_memory(...).save(path)")
         if path.suffix == ".npz":
             with np.load(path, allow_pickle=False) as z:
                 t = {k: torch.from_numpy(z[k]) for k in ("image", "text", "ids", "labels")}
@@ -261,7 +263,7 @@ class MemoryBank:
                 meta = json.loads((f.metadata() or {}).get(_META_KEY, "{}"))
         missing = {"image", "text", "ids", "labels"} - set(t)
         if missing:
-            raise ValueError(f"{path}: not a clipcore memory file (missing tensors {sorted(missing)})")
+            raise ConfigError(f"{path}: not a clipcore memory file (missing tensors {sorted(missing)})")
         return cls(t["image"].to(device), t["text"].to(device), t["ids"], t["labels"], meta)
 
 

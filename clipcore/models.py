@@ -22,6 +22,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from clipcore.errors import ConfigError
+
 
 # ----------------------------------------------------------------------------- configs
 @dataclass
@@ -332,7 +334,7 @@ def _base() -> CLIPConfig:
 def get_config(name: str, **overrides) -> CLIPConfig:
     """Preset by name, with overrides: top-level fields by name, tower fields as ``vision__width=64``."""
     if name not in PRESETS:
-        raise ValueError(f"unknown model preset {name!r}; registered: {sorted(PRESETS)}")
+        raise ConfigError(f"unknown model preset {name!r}; registered: {sorted(PRESETS)}")
     cfg = PRESETS[name]()
     for key, value in overrides.items():
         part, _, sub = key.partition("__")

@@ -1,16 +1,131 @@
-"""Run logging of clipcore.train: metrics as JSON lines (always), TensorBoard scalars (when installed), and the
-loss-curve PNG drawn from the metrics file when the run closes."""
+"""The run folder of clipcore.train: its lock, the stop signals, and the run log -- metrics as JSON lines
+(always), TensorBoard scalars (when installed), and the loss-curve PNG drawn from the metrics file on close."""
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
+import os
+import signal
+import socket
 from pathlib import Path
+from typing import Iterator
+
+from clipcore.errors import UserError
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)   # pre-emption, and SLURM's --signal=USR1@<seconds> warning
+
+
+@contextlib.contextmanager
+def claim(folder: Path, main: bool = True) -> Iterator[None]:
+    """Create ``folder`` and hold an exclusive ``fcntl.flock`` on ``folder/.lock`` while the block runs (the kernel
+    drops it when the process dies, so a crash never leaves the folder locked). A second process gets a
+    UserError naming the holder. ``main`` False (torchrun ranks > 0): nothing is done."""
+    if not main:
+        yield
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    f = open(folder / ".lock", "a+")
+    try:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            raise UserError(f"run folder {folder} is in use by {holder} (it holds {folder / '.lock'}); wait for it to "
+                            "finish, or start a separate run (another --name, or no --resume)") from None
+        f.seek(0); f.truncate(); f.write(f"pid {os.getpid()} on {socket.gethostname()}\n"); f.flush()
+        yield
+    finally:
+        f.close()   # releases the lock
+
+
+class StopSignals:
+    """``with StopSignals() as s``: SIGTERM / SIGUSR1 set ``s.signum`` instead of killing the process, so the loop
+    checkpoints and stops at the next step boundary; the previous handlers come back on exit. Outside the main
+    thread (where handlers cannot be set) it does nothing but :meth:`shield`."""
+
+    def __enter__(self) -> "StopSignals":
+        import multiprocessing
+        self.signum, self.old = None, {}
+        self.released = multiprocessing.RawValue("b", 0)   # shared with worker processes: 1 once training is over
+        with contextlib.suppress(ValueError):
+            for sig in STOP_SIGNALS:
+                self.old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        self.signum = signum
+
+    def agreed(self, world: int, device) -> int | None:
+        """The signal to stop on, the same on every rank: under torchrun (``world`` > 1; one all-reduce) a signal
+        to any rank stops all of them (those that got none report SIGTERM)."""
+        if world > 1:
+            import torch
+
+            from clipcore import distributed
+            got = distributed.mean_across(torch.tensor(float(self.signum or 0), device=device)).item() > 0
+            self.signum = self.signum or (signal.SIGTERM if got else None)
+        return self.signum
+
+    def shield(self, loader):
+        """Return ``loader``; when it is a DataLoader with workers, they ignore SIGTERM / SIGUSR1 while training
+        runs. A cluster pre-empting a job signals its whole process group, and torch's workers would die of it and
+        take the run down mid-step; the main process alone decides (checkpoint, then stop them). Once this block
+        has exited they die of SIGTERM again, as multiprocessing's clean-up at exit expects."""
+        from torch.utils.data import DataLoader
+        if isinstance(loader, DataLoader) and loader.num_workers > 0 and not isinstance(loader.worker_init_fn, _Shielded):
+            loader.worker_init_fn = _Shielded(self.released, loader.worker_init_fn)
+        return loader
+
+    def __exit__(self, *exc) -> None:
+        self.released.value = 1
+        for sig, handler in self.old.items():
+            signal.signal(sig, handler)
+
+
+class _Shielded:
+    """A DataLoader ``worker_init_fn`` (picklable) that installs the workers' stop-signal handler, then runs the
+    loader's own init function."""
+
+    def __init__(self, released, init_fn):
+        self.released, self.init_fn = released, init_fn
+
+    def __call__(self, worker_id: int) -> None:
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, self._handle)
+        if self.init_fn is not None:
+            self.init_fn(worker_id)
+
+    def _handle(self, signum, frame) -> None:
+        if self.released.value:      # training is over: die as asked (multiprocessing's terminate() at exit)
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+
+
+def read_rows(path: Path) -> list[dict]:
+    """The rows of a metrics file; a torn (half-written, unparsable) line is skipped."""
+    rows = []
+    for line in open(path):
+        with contextlib.suppress(json.JSONDecodeError):
+            rows.append(json.loads(line))
+    return rows
 
 
 class Metrics:
-    """JSON lines (always), TensorBoard (when installed), and a loss-curve PNG on close."""
+    """JSON lines (always), TensorBoard (when installed), and a loss-curve PNG on close. ``resume_step``: the step
+    a resumed run continues from; rows of later steps (logged by the run before it stopped, about to be logged
+    again) and a torn last line are dropped from the file first."""
 
-    def __init__(self, out: Path):
+    def __init__(self, out: Path, resume_step: int | None = None):
         self.out, self.path = out, out / "metrics.jsonl"
+        if self.path.exists():
+            text = self.path.read_text()
+            lines = text.splitlines(keepends=True)
+            keep = [ln for ln in lines if ln.endswith("\n") and _step_at_most(ln, resume_step)]
+            if len(keep) != len(lines):
+                tmp = self.path.with_name(f"metrics.jsonl.{os.getpid()}.tmp")
+                tmp.write_text("".join(keep)); os.replace(tmp, self.path)
         self.f = open(self.path, "a")
         try:
             from torch.utils.tensorboard import SummaryWriter
@@ -32,6 +147,14 @@ class Metrics:
         plot_losses(self.path, self.out / "loss.png")
 
 
+def _step_at_most(line: str, step: int | None) -> bool:
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError:
+        return False
+    return step is None or row.get("step", 0) <= step
+
+
 def plot_losses(metrics_path: Path, png: Path) -> None:
     """Loss (and val zero-shot top-1 when logged) against step, from the metrics file of the whole run."""
     import matplotlib
@@ -39,7 +162,7 @@ def plot_losses(metrics_path: Path, png: Path) -> None:
     import matplotlib.pyplot as plt
     import seaborn as sns
 
-    rows = [json.loads(line) for line in open(metrics_path)]
+    rows = read_rows(metrics_path)
     train = [(r["step"], r["loss"]) for r in rows if "loss" in r]
     val = [(r["step"], r["val/acc1"]) for r in rows if "val/acc1" in r]
     if not train:

@@ -11,8 +11,10 @@
 Every default lives in :class:`TrainConfig` (a method's own options in its ``Config``); the CLI only
 overrides them. A method (``--method``, :mod:`clipcore.methods`) supplies model, data, batch format, loss and
 evaluation as a :class:`~clipcore.methods.Task`; this loop does the rest for all of them. Outputs go to
-``{logs}/{name}/``: ``metrics.jsonl``, ``loss.png``, ``checkpoints/latest.pt`` (and TensorBoard events
-when tensorboard is installed).
+``{logs}/{name}/``: ``metrics.jsonl``, ``loss.png``, ``checkpoints/latest.pt`` and its predecessor
+``latest.prev.pt`` (each with a ``.sha256``; clipcore.checkpoint), and TensorBoard events when tensorboard is
+installed. The folder is locked while a run uses it; SIGTERM / SIGUSR1 checkpoint and stop at the next step
+(README: Reliability).
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ import argparse
 import dataclasses
 import math
 import random
+import signal
 import sys
 import time
 import warnings
@@ -34,11 +37,12 @@ from tqdm import tqdm
 from clipcore import checkpoint as ckpt_io
 from clipcore import distributed
 from clipcore.data import DataError, load_dataset, make_loader
+from clipcore.errors import ConfigError, UserError, cli
 from clipcore.evaluate import evaluate_model
 from clipcore.losses import LOSSES, REG_PAIRS, make_loss
 from clipcore.methods import Task, available, get_method, method_config, trainable_parameters
 from clipcore.models import CLIP, get_config
-from clipcore.runlog import Metrics
+from clipcore.runlog import Metrics, StopSignals, claim
 
 
 @dataclass
@@ -78,14 +82,28 @@ class TrainConfig:
     # bookkeeping
     logs: str = "logs"
     name: str | None = None          # run folder under logs; default from model/data/loss/seed
-    resume: str | None = None        # "latest" or a checkpoint path
+    resume: str | None = None        # "latest" or a checkpoint path; the run continues in that checkpoint's folder
+    resume_override: bool = False    # resume although settings differ from the checkpoint's (checkpoint.RESUME_KEYS)
     save_every: int = 0              # also checkpoint every N steps (0: at epoch ends only)
     max_steps: int = 0               # stop after this global step, checkpointing (0: run all epochs)
     log_every: int = 10
 
 
-class NonFiniteLoss(RuntimeError):
+# smallest allowed value of each numeric flag (checked by check_config, so by the CLI and by train())
+MINIMUM = dict(batch_size=1, accum_freq=1, epochs=1, log_every=1, workers=0, warmup=0, save_every=0, max_steps=0,
+               lr=0.0, wd=0.0, grad_clip=0.0, reg_lambda=0.0)
+
+
+class NonFiniteLoss(UserError, RuntimeError):
     pass
+
+
+def check_config(cfg: TrainConfig) -> None:
+    """ConfigError naming the first flag below its minimum (:data:`MINIMUM`)."""
+    for name, least in MINIMUM.items():
+        value = getattr(cfg, name)
+        if not value >= least:   # also catches NaN
+            raise ConfigError(f"--{name.replace('_', '-')} {value}: must be at least {least}")
 
 
 # ----------------------------------------------------------------------------- factories
@@ -112,11 +130,20 @@ def resolve_device(device: str) -> torch.device:
 
 
 def run_dir(cfg: TrainConfig) -> Path:
-    """The run folder. Without --resume an existing folder is never reused: a suffix is added."""
+    """The run folder. ``--resume PATH`` of ``<run>/checkpoints/<file>``: that run; ``--resume latest``: the folder
+    named by the flags. Otherwise an existing folder is never reused: a suffix is added."""
+    if cfg.resume and cfg.resume != "latest" and Path(cfg.resume).parent.name == "checkpoints":
+        return Path(cfg.resume).parent.parent
     data = Path(cfg.train_data).stem if cfg.train_data else ("partworld" if cfg.method == "grain" else "animal-mnist")
     what = f"{cfg.model}_{data}_{cfg.loss}" if cfg.method == "clip" else f"{cfg.method}_{data}"
     base = Path(cfg.logs) / (cfg.name or f"{what}_s{cfg.seed}")
-    if cfg.resume or not base.exists():
+    if cfg.resume == "latest":
+        if not base.is_dir():
+            raise ckpt_io.CheckpointError(f"--resume latest: there is no run folder {base} (its name comes from --logs, "
+                                          "--name, --model, --train-data, --loss and --seed: pass the same flags, or "
+                                          "--resume PATH)")
+        return base
+    if not base.exists():
         return base
     i = 1
     while base.with_name(f"{base.name}-{i}").exists():
@@ -210,7 +237,7 @@ def clip_task(cfg: TrainConfig, device: torch.device) -> Task:
 def build_task(cfg: TrainConfig, device: torch.device) -> Task:
     if cfg.method == "clip":
         if cfg.options:
-            raise ValueError(f"--method clip takes no method options; got {sorted(cfg.options)}")
+            raise ConfigError(f"--method clip takes no method options; got {sorted(cfg.options)}")
         return clip_task(cfg, device)
     module = get_method(cfg.method)
     return module.build(cfg, method_config(module, cfg.options), device)
@@ -218,21 +245,29 @@ def build_task(cfg: TrainConfig, device: torch.device) -> Task:
 
 # ----------------------------------------------------------------------------- loop
 def train(cfg: TrainConfig, task: Task | None = None) -> dict:
-    """Run training; return the final held-out metrics (and ``run_dir``, ``losses``). Under torchrun every rank
-    runs this; rank 0 alone logs, evaluates and writes checkpoints (clipcore.distributed)."""
+    """Run training; return the final held-out metrics (and ``run_dir``, ``losses``, ``stopped_by`` when a signal
+    stopped it). Under torchrun every rank runs this; rank 0 alone locks the run folder, logs, evaluates and
+    writes checkpoints (clipcore.distributed)."""
+    check_config(cfg)
     dd = distributed.init(cfg.device)
+    out = Path(distributed.broadcast(str(run_dir(cfg))))  # chosen once: rank 0 may create it before others look
+    with claim(out, dd.main), StopSignals() as signals:
+        return _train(cfg, task, dd, out, signals)
+
+
+def _train(cfg: TrainConfig, task: Task | None, dd, out: Path, signals: StopSignals) -> dict:
     device, main = dd.device, dd.main
     random.seed(cfg.seed); np.random.seed(cfg.seed); torch.manual_seed(cfg.seed)
     task = task or build_task(cfg, device)   # a Task built in code (experiments, notebooks) skips the factory
     model, steps_per_epoch = task.model, task.steps_per_epoch
     if steps_per_epoch == 0:
-        raise ValueError(f"--batch-size {cfg.batch_size} exceeds the training set ({task.describe}); lower it")
+        raise ConfigError(f"--batch-size {cfg.batch_size} exceeds the training set ({task.describe}); lower it")
     if cfg.accum_freq > 1:
         if task.embed is None or task.loss_from_embeddings is None:
-            raise ValueError(f"--accum-freq {cfg.accum_freq}: --method {cfg.method} does not provide embed and "
+            raise ConfigError(f"--accum-freq {cfg.accum_freq}: --method {cfg.method} does not provide embed and "
                              "loss_from_embeddings (clipcore.methods.Task), which exact accumulation needs; use --accum-freq 1")
         if any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules()):
-            raise ValueError(f"--accum-freq {cfg.accum_freq}: the model has batch norm, whose statistics depend on the "
+            raise ConfigError(f"--accum-freq {cfg.accum_freq}: the model has batch norm, whose statistics depend on the "
                              "chunk, so accumulation would not equal the full batch; use a model without it "
                              "(e.g. --model tiny-vit) or --accum-freq 1")
     runner = distributed.wrap(model, dd)
@@ -247,28 +282,41 @@ def train(cfg: TrainConfig, task: Task | None = None) -> dict:
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
     autocast = lambda: torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None)
 
-    out = Path(distributed.broadcast(str(run_dir(cfg))))  # chosen once: rank 0 may create it before others look
     ckpt_path = out / "checkpoints" / "latest.pt"
     step = epoch = start_batch = 0
     if cfg.resume:  # every rank reads the checkpoint (shared filesystem), so optimiser states agree
-        state = ckpt_io.load(ckpt_path if cfg.resume == "latest" else cfg.resume)
-        model.load_state_dict(state["model"]); opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"]); scaler.load_state_dict(state["scaler"])
-        ckpt_io.set_rng_state(state["rng"])
+        state = ckpt_io.load(ckpt_path if cfg.resume == "latest" else cfg.resume, fallback=True)
+        ckpt_io.restore(state, cfg, dd.world, model, opt, sched, scaler, streamed=dataset_type(cfg) == "webdataset")
         step, epoch, start_batch = state["step"], state["epoch"], state["batch"]
         if main:
-            print(f"resumed from {cfg.resume} at step {step} (epoch {epoch}, batch {start_batch})")
-    if main:
-        out.mkdir(parents=True, exist_ok=True)
-    log = Metrics(out) if main else None
+            print(f"resumed from {state['loaded_from']} at step {step} (epoch {epoch}, batch {start_batch})")
+    log = Metrics(out, resume_step=step if cfg.resume else None) if main else None
+    saved_at, pos = step, start_batch    # the step of the last checkpoint; the batches of this epoch done
 
     def save(epoch: int, batch: int) -> None:
+        nonlocal saved_at
         if main:
             ckpt_io.save_atomic({
                 "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                 "scaler": scaler.state_dict(), "rng": ckpt_io.rng_state(), "step": step, "epoch": epoch, "batch": batch,
                 "world_size": dd.world, "method": cfg.method, "train_config": dataclasses.asdict(cfg), **task.meta,
-            }, ckpt_path)
+            }, ckpt_path, keep_previous=True)
+        saved_at = step
+
+    def batches(epoch: int, start: int):
+        """The epoch's batches; a data error (UserError) from the loader first checkpoints the progress."""
+        try:
+            yield from signals.shield(task.loader(epoch, start))   # workers ignore SIGTERM / SIGUSR1
+        except UserError as e:
+            if step > saved_at:
+                save(epoch, pos)
+            msg = str(e)     # from a DataLoader worker: "Caught ... Original Traceback ...", the message last
+            msg = msg.rstrip().rsplit(f"{type(e).__name__}: ", 1)[-1] if "\nOriginal Traceback" in msg else msg
+            e.args = (f"{msg} [stopped at step {step}" + (f"; progress is saved in {ckpt_path}: fix the data (or "
+                      "pass --skip-bad) and continue with --resume latest, or --resume <that path>]" if step else "]"),)
+            # without the loader's frames the DataLoader iterator is deleted now and shuts its workers down
+            # cleanly, instead of multiprocessing killing them at exit (and torch reporting that as an error)
+            raise e.with_traceback(None)
 
     def backward(loss: Tensor) -> None:
         """NaN/inf guard (on the mean over ranks, so all ranks stop together), then the scaled backward."""
@@ -287,8 +335,8 @@ def train(cfg: TrainConfig, task: Task | None = None) -> dict:
     t0, losses, stop = time.time(), [], False
     while epoch < cfg.epochs and not stop:
         model.train()
-        bar = tqdm(task.loader(epoch, start_batch), desc=f"epoch {epoch}", leave=False, file=sys.stderr,
-                   disable=None if main else True)
+        bar = tqdm(batches(epoch, start_batch), desc=f"epoch {epoch}", leave=False, file=sys.stderr,
+                   total=steps_per_epoch - start_batch, disable=None if main else True)
         for i, batch in enumerate(bar, start=start_batch):
             opt.zero_grad(set_to_none=True)
             if cfg.accum_freq > 1:
@@ -302,14 +350,14 @@ def train(cfg: TrainConfig, task: Task | None = None) -> dict:
                 scaler.unscale_(opt)
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             scaler.step(opt); scaler.update(); sched.step()
-            step += 1
+            step, pos = step + 1, i + 1
             losses.append(distributed.mean_across(loss).item())  # the global batch's loss on every rank
             if main and step % cfg.log_every == 0:
                 log.write({"step": step, "epoch": epoch, "loss": losses[-1], "lr": sched.get_last_lr()[0],
                            **info, "time": time.time() - t0})
                 bar.set_postfix(loss=f"{losses[-1]:.3f}", **{k: f"{v:.3g}" for k, v in info.items()})
             at_end = i + 1 == steps_per_epoch
-            stop = bool(cfg.max_steps) and step >= cfg.max_steps
+            stop = bool(cfg.max_steps) and step >= cfg.max_steps or signals.agreed(dd.world, device) is not None
             if (cfg.save_every and step % cfg.save_every == 0) or (stop and not at_end):
                 save(epoch, i + 1)
             if stop or at_end:
@@ -317,7 +365,7 @@ def train(cfg: TrainConfig, task: Task | None = None) -> dict:
         else:
             i = steps_per_epoch - 1
         if i + 1 == steps_per_epoch:
-            epoch, start_batch = epoch + 1, 0
+            epoch, start_batch, pos = epoch + 1, 0, 0
             save(epoch, 0)
             if main and "val" in task.eval_splits:
                 m = task.evaluate("val")
@@ -325,6 +373,11 @@ def train(cfg: TrainConfig, task: Task | None = None) -> dict:
                 print(f"epoch {epoch}: loss {losses[-1]:.3f}  val " + "  ".join(f"{k} {v:.3f}" for k, v in m.items()))
 
     result = {"run_dir": str(out), "steps": step, "seconds": time.time() - t0, "losses": losses}
+    if stop and signals.signum is not None:
+        result["stopped_by"] = signals.signum
+        if main:
+            print(f"stopped by {signal.Signals(signals.signum).name} at step {step}; checkpoint {ckpt_path}; "
+                  "continue with --resume latest (same flags)")
     if main and "test" in task.eval_splits and not stop:
         m = task.evaluate("test")
         log.write({"step": step, "time": time.time() - t0, **{f"test/{k}": v for k, v in m.items()}})
@@ -341,6 +394,7 @@ def train(cfg: TrainConfig, task: Task | None = None) -> dict:
 def parse_args(argv: list[str] | None = None) -> TrainConfig:
     d = TrainConfig()
     p = argparse.ArgumentParser(prog="python -m clipcore.train", description=__doc__.split("\n\n")[0],
+                                usage="%(prog)s [flags] (--help lists them)",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     g = p.add_argument_group("data")
     g.add_argument("--train-data", default=d.train_data, help="CSV/TSV (filepath, caption[, label]) or image folder; default: embedded animal-mnist")
@@ -378,7 +432,10 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     g.add_argument("--logs", "--logs-dir", dest="logs", default=d.logs,
                    help="folder of run folders (under torchrun spell it --logs-dir: torchrun's parser claims --logs)")
     g.add_argument("--name", default=d.name)
-    g.add_argument("--resume", default=d.resume, help="'latest' (this run's checkpoints/latest.pt) or a checkpoint path")
+    g.add_argument("--resume", default=d.resume, help="'latest' (this run's checkpoints/latest.pt) or a checkpoint "
+                   "path; the run continues in that checkpoint's run folder")
+    g.add_argument("--resume-override", action="store_true", help="resume although --batch-size, --epochs, --lr, "
+                   "--model, ... differ from the checkpoint's (the schedule or sample order then changes)")
     for flag in ("save_every", "max_steps", "log_every"):
         g.add_argument("--" + flag.replace("_", "-"), type=int, default=getattr(d, flag))
     for name, module in methods.items():
@@ -389,8 +446,10 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     if wrong:
         p.error(f"{', '.join(wrong)} do not apply to --method {a.method}")
     options = {k.split("__", 1)[1]: v for k, v in given.items()}
-    return TrainConfig(**{f.name: getattr(a, f.name) for f in dataclasses.fields(TrainConfig) if f.name != "options"},
-                       options=options)
+    cfg = TrainConfig(**{f.name: getattr(a, f.name) for f in dataclasses.fields(TrainConfig) if f.name != "options"},
+                      options=options)
+    check_config(cfg)     # a ConfigError: one line under main's cli wrapper
+    return cfg
 
 
 def add_method_flags(p: argparse.ArgumentParser, name: str, module) -> None:
@@ -406,8 +465,13 @@ def add_method_flags(p: argparse.ArgumentParser, name: str, module) -> None:
             g.add_argument(flag, type=type(default) if isinstance(default, (int, float)) else str, **kw)
 
 
+@cli
 def main(argv: list[str] | None = None) -> None:
-    train(parse_args(argv))
+    """Exit status 0 when training finished; 128 + the signal's number when SIGTERM / SIGUSR1 stopped it (after
+    its checkpoint), as the shell reports a process the signal ended; 2 with one line for a UserError."""
+    result = train(parse_args(argv))
+    if "stopped_by" in result:
+        raise SystemExit(128 + result["stopped_by"])
 
 
 if __name__ == "__main__":

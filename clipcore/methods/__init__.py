@@ -20,6 +20,8 @@ from typing import Any, Callable, Iterable
 import torch
 from torch import Tensor
 
+from clipcore.errors import ConfigError
+
 # name -> module path; each module defines Config and build(cfg, mcfg, device) -> Task
 METHODS = {
     "reco": "clipcore.methods.reco",
@@ -70,9 +72,9 @@ class Task:
 
 
 def get_method(name: str):
-    """The method module for ``name`` (ImportError with the known names otherwise)."""
+    """The method module for ``name`` (a ConfigError with the known names otherwise)."""
     if name not in METHODS:
-        raise ValueError(f"unknown --method {name!r}; known: clip, {', '.join(METHODS)}")
+        raise ConfigError(f"unknown --method {name!r}; known: clip, {', '.join(METHODS)}")
     return importlib.import_module(METHODS[name])
 
 
@@ -86,7 +88,7 @@ def method_config(module, options: dict):
     names = {f.name for f in dataclasses.fields(module.Config)}
     unknown = sorted(set(options) - names)
     if unknown:
-        raise ValueError(f"unknown option(s) {unknown} for {module.__name__}; known: {sorted(names)}")
+        raise ConfigError(f"unknown option(s) {unknown} for {module.__name__}; known: {sorted(names)}")
     return module.Config(**options)
 
 
@@ -99,7 +101,7 @@ def load_init(cfg, device, why: str) -> tuple[torch.nn.Module, object, dict, dic
     the ``clipcore.data.load_dataset`` keywords that fit its image tower. ``why``: the error when --init is missing."""
     from clipcore.checkpoint import load_model
     if not cfg.init:
-        raise ValueError(why)
+        raise ConfigError(why)
     model, tokenizer, ckpt = load_model(cfg.init, device)
     vis = model.cfg.vision
     return model, tokenizer, ckpt, dict(image_size=vis.image_size, in_channels=vis.in_channels, seed=cfg.seed,

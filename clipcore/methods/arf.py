@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from clipcore.errors import ConfigError
 from clipcore.losses import contrastive_loss
 from clipcore.methods import Task, load_init
 from clipcore.methods.arf_data import Pairs, random_word_captions, read_captions, read_pool  # noqa: F401 (re-exported)
@@ -233,9 +234,9 @@ def arf_task(theta0: nn.Module, tokenizer, finetune: Pairs, mcfg: Config, *, bat
     classnames, and for L_TCA its captions) and, for L_ITA, ``pool`` (images + captions)."""
     from clipcore.data import EpochBatchSampler
     if mcfg.mode not in MODES:
-        raise ValueError(f"--arf-mode {mcfg.mode!r}: choose one of {MODES}")
+        raise ConfigError(f"--arf-mode {mcfg.mode!r}: choose one of {MODES}")
     if finetune.classnames is None or finetune.labels is None or bool((finetune.labels < 0).any()):
-        raise ValueError("ARF finetunes a classifier: the finetune data needs labels and class names "
+        raise ConfigError("ARF finetunes a classifier: the finetune data needs labels and class names "
                          "(a CSV with a label column, or an image folder with one subfolder per class)")
     theta0 = theta0.to(device).eval()
     for p in theta0.parameters():
@@ -243,12 +244,12 @@ def arf_task(theta0: nn.Module, tokenizer, finetune: Pairs, mcfg: Config, *, bat
     arf = mcfg.mode == "arf"
     use_tca, use_ita = arf and mcfg.lambda_tca > 0, arf and mcfg.lambda_ita > 0
     if use_tca and not finetune.captions:
-        raise ValueError("L_TCA needs captions of the finetune images: pass --arf-captions FILE.jsonl "
+        raise ConfigError("L_TCA needs captions of the finetune images: pass --arf-captions FILE.jsonl "
                          "(or --arf-lambda-tca 0)")
     if mcfg.shared_negatives and mcfg.flyp_pos != "multi":
-        raise ValueError("--arf-shared-negatives pools the batch's unique prompts: it needs --arf-flyp-pos multi")
+        raise ConfigError("--arf-shared-negatives pools the batch's unique prompts: it needs --arf-flyp-pos multi")
     if use_ita and pool is None:
-        raise ValueError("L_ITA needs a candidate pool: pass --arf-pool FILE (or --arf-lambda-ita 0)")
+        raise ConfigError("L_ITA needs a candidate pool: pass --arf-pool FILE (or --arf-lambda-ita 0)")
     classes = finetune.classnames
     prompt_tokens = tokenizer([mcfg.template.format(c) for c in classes]).to(device)
     prompts0 = prompt_embeddings(theta0, tokenizer, classes, mcfg.template, device)            # (C, D)
@@ -287,7 +288,7 @@ def arf_task(theta0: nn.Module, tokenizer, finetune: Pairs, mcfg: Config, *, bat
             qt = mcfg.query_template or mcfg.template
             queries = (prompts0 if qt == mcfg.template else prompt_embeddings(theta0, tokenizer, classes, qt, device)).cpu()
         else:
-            raise ValueError(f"--arf-retrieval {mcfg.retrieval!r}: choose text, image or random")
+            raise ConfigError(f"--arf-retrieval {mcfg.retrieval!r}: choose text, image or random")
         anchors = select_anchors(bank, queries, mcfg.k, "image" if mcfg.retrieval == "image" else "text",
                                  random=mcfg.retrieval == "random", seed=seed)
         anchors["tokens"] = pool_tokens[anchors["rows"]].to(device)
@@ -387,11 +388,11 @@ def accuracy(model, tokenizer, data: Pairs, classnames: Sequence[str], template:
 def _relabel(ds, classnames: Sequence[str]) -> Tensor:
     """Labels of an evaluation set as indices into the finetune classes (matched by name)."""
     if ds.classnames is None or bool((ds.labels < 0).any()):
-        raise ValueError("ARF evaluation data needs labels (a CSV label column or class folders)")
+        raise ConfigError("ARF evaluation data needs labels (a CSV label column or class folders)")
     index = {c: i for i, c in enumerate(classnames)}
     unknown = sorted(set(ds.classnames) - set(index))
     if unknown:
-        raise ValueError(f"evaluation classes {unknown[:5]} are not among the finetune classes")
+        raise ConfigError(f"evaluation classes {unknown[:5]} are not among the finetune classes")
     return torch.tensor([index[ds.classnames[int(y)]] for y in ds.labels], dtype=torch.long)
 
 
@@ -407,7 +408,7 @@ def build(cfg, mcfg: Config, device: torch.device):
     captions = None
     if mcfg.captions:
         if ds.paths is None:
-            raise ValueError("--arf-captions needs a file-backed finetune set (--train-data CSV or folder) whose "
+            raise ConfigError("--arf-captions needs a file-backed finetune set (--train-data CSV or folder) whose "
                              "image paths the caption lines name")
         captions = read_captions(mcfg.captions, ds.paths)
     finetune = Pairs(ds, captions, ds.labels, ds.classnames)

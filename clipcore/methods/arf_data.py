@@ -11,6 +11,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from clipcore.data import DataError
+from clipcore.errors import MissingFileError
+
 
 class Pairs:
     """Images (N, C, H, W) float in memory (or any ``batch_images(idx)``), with captions and labels: the
@@ -38,7 +41,7 @@ def read_captions(path: str | Path, image_paths: Sequence[Path]) -> list[list[st
     finetune image without a caption is an error naming it."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"--arf-captions {str(path)!r}: file not found (JSON lines of {{\"image\", \"caption\"}})")
+        raise MissingFileError(f"--arf-captions {str(path)!r}: file not found (JSON lines of {{\"image\", \"caption\"}})")
     by_image: dict[Path, list[str]] = {}
     for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         if not line.strip():
@@ -47,15 +50,15 @@ def read_captions(path: str | Path, image_paths: Sequence[Path]) -> list[list[st
             rec = json.loads(line)
             image, caption = rec["image"], str(rec["caption"]).strip()
         except (json.JSONDecodeError, KeyError, TypeError) as e:
-            raise ValueError(f"{path} line {n}: expected a JSON object with keys image and caption ({e!r})") from e
+            raise DataError(f"{path} line {n}: expected a JSON object with keys image and caption ({e!r})") from e
         if not caption:
-            raise ValueError(f"{path} line {n}: empty caption for {image}")
+            raise DataError(f"{path} line {n}: empty caption for {image}")
         by_image.setdefault((path.parent / image).resolve(), []).append(caption)
     out = []
     for p in image_paths:
         caps = by_image.get(Path(p).resolve())
         if not caps:
-            raise ValueError(f"{path}: no caption for finetune image {p}; every finetune image needs at least one line")
+            raise DataError(f"{path}: no caption for finetune image {p}; every finetune image needs at least one line")
         out.append(caps)
     return out
 
@@ -67,7 +70,7 @@ def read_pool(path: str | Path, **data_kw):
     if path.suffix.lower() != ".jsonl":
         return load_dataset(path, "train", **data_kw)
     if not path.is_file():
-        raise FileNotFoundError(f"--arf-pool {str(path)!r}: file not found")
+        raise MissingFileError(f"--arf-pool {str(path)!r}: file not found")
     paths, caps, rows = [], [], []
     for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         if not line.strip():
@@ -76,9 +79,9 @@ def read_pool(path: str | Path, **data_kw):
             rec = json.loads(line)
             paths.append(path.parent / rec["image"]); caps.append(str(rec["caption"]).strip())
         except (json.JSONDecodeError, KeyError, TypeError) as e:
-            raise ValueError(f"{path} line {n}: expected a JSON object with keys image and caption ({e!r})") from e
+            raise DataError(f"{path} line {n}: expected a JSON object with keys image and caption ({e!r})") from e
         if not caps[-1] or not paths[-1].is_file():
-            raise ValueError(f"{path} line {n}: {'empty caption' if not caps[-1] else f'image {paths[-1]} not found'}")
+            raise DataError(f"{path} line {n}: {'empty caption' if not caps[-1] else f'image {paths[-1]} not found'}")
         rows.append(f"{path} line {n}")
     rgb = data_kw.get("in_channels", 3) == 3
     return ImageTextDataset(paths=paths, captions=caps, labels=torch.full((len(paths),), -1), classnames=None,

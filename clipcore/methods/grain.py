@@ -31,6 +31,7 @@ from torch import Tensor, nn
 
 from clipcore import checkpoint as ckpt_io
 from clipcore.annotations import RegionBatch, from_records, load_annotations, region_loader
+from clipcore.errors import ConfigError
 from clipcore.losses import contrastive_loss
 from clipcore.methods import Task, trainable_parameters
 from clipcore.methods.grain_boxes import Match, box_loss, cxcywh_to_xyxy, hungarian_match, match_cost  # noqa: F401
@@ -261,7 +262,7 @@ def _partworld(seed: int, n_train: int, n_test: int, image_size: int):
 def build(cfg, mcfg: Config, device) -> Task:
     """The GRAIN task for clipcore.train (cfg: TrainConfig; mcfg: this module's Config)."""
     if mcfg.match not in ("box", "similarity") or mcfg.ic_targets not in ("caption", "diagonal"):
-        raise ValueError(f"grain: match must be box|similarity and ic_targets caption|diagonal, got "
+        raise ConfigError(f"grain: match must be box|similarity and ic_targets caption|diagonal, got "
                          f"{mcfg.match!r}, {mcfg.ic_targets!r}")
     init = ckpt_io.load(cfg.init) if cfg.init else None
     model_cfg = config_from_dict(init["model_config"]) if init else get_config(cfg.model)

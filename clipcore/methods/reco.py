@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from clipcore.errors import ConfigError
 from clipcore.losses import contrastive_loss
 from clipcore.memory import MemoryBank, build_memory
 from clipcore.methods import Task, load_init
@@ -72,9 +73,9 @@ class Config:
                                      ("fuser", self.fuser, FUSERS), ("output_token", self.output_token, ("query", "cls")),
                                      ("backend", self.backend, ("exact", "faiss"))):
             if value not in allowed:
-                raise ValueError(f"reco option {name}={value!r}; choose one of {allowed}")
+                raise ConfigError(f"reco option {name}={value!r}; choose one of {allowed}")
         if self.k < 1 or not 0 < self.train_fraction <= 1 or not 0 <= self.alpha <= 1:
-            raise ValueError(f"need k >= 1, 0 < train_fraction <= 1, 0 <= alpha <= 1; got {self.k}, "
+            raise ConfigError(f"need k >= 1, 0 < train_fraction <= 1, 0 <= alpha <= 1; got {self.k}, "
                              f"{self.train_fraction}, {self.alpha}")
 
 
@@ -93,7 +94,7 @@ class TransformerFusion(nn.Module):
                  rank_embed: bool = False, zero_init: bool = True):
         super().__init__()
         if dim % heads:
-            raise ValueError(f"reco heads={heads} must divide the embedding width {dim}")
+            raise ConfigError(f"reco heads={heads} must divide the embedding width {dim}")
         self.blocks = nn.ModuleList(Block(dim, heads, mlp_ratio) for _ in range(layers))
         _init_transformer(self.blocks, dim)
         if zero_init:                          # residual branches start at 0: phi(u; r) = u before training
@@ -362,7 +363,7 @@ def load_reco(path: str, memory: MemoryBank | str | None = None, device: str | t
 
     ckpt = ckpt if ckpt is not None else load(path)
     if "reco_config" not in ckpt:
-        raise ValueError(f"{path} is not a --method reco checkpoint (no reco_config); load CLIPs with "
+        raise ConfigError(f"{path} is not a --method reco checkpoint (no reco_config); load CLIPs with "
                          "clipcore.checkpoint.load_model")
     base = CLIP(config_from_dict(ckpt["base_model_config"]))
     tokenizer = tokenizer_for(base.cfg, ckpt.get("tokenizer"))
