@@ -339,6 +339,24 @@ def test_data_error_mid_epoch_saves_progress(tmp_path, monkeypatch):
     assert (ckpt["step"], ckpt["epoch"], ckpt["batch"]) == (3, 0, 3)
 
 
+def _png_with_broken_pixels() -> bytes:
+    """A PNG whose chunks all have valid CRCs (so `images.check_image` passes it when the data set is built) but
+    whose IDAT is not a zlib stream: it fails only when decoded, mid-epoch."""
+    import io
+    import struct
+    import zlib
+    from PIL import Image
+    buf = io.BytesIO()
+    Image.fromarray(np.zeros((12, 12, 3), np.uint8)).save(buf, format="PNG")
+    b, out, i = buf.getvalue(), buf.getvalue()[:8], 8
+    while i < len(b):
+        n, kind = struct.unpack(">I", b[i:i + 4])[0], b[i + 4:i + 8]
+        data = b"\x00" * n if kind == b"IDAT" else b[i + 8:i + 8 + n]
+        out += struct.pack(">I", n) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+        i += 12 + n
+    return out
+
+
 def test_data_error_in_a_loader_worker_is_one_line_saves_progress_and_exits(tmp_path):
     """The CLI with --workers 2 on a folder holding an unreadable image: one line on stderr (not the worker's
     traceback), exit 2, the steps done checkpointed, and no hang or torch error while the workers shut down."""
@@ -348,7 +366,7 @@ def test_data_error_in_a_loader_worker_is_one_line_saves_progress_and_exits(tmp_
         (tmp_path / "data" / name).mkdir(parents=True)
         for i in range(8):
             Image.fromarray(rng.integers(0, 255, (12, 12, 3), dtype=np.uint8)).save(tmp_path / "data" / name / f"{i}.png")
-    (tmp_path / "data" / "jay" / "5.png").write_bytes(b"not a png")
+    (tmp_path / "data" / "jay" / "5.png").write_bytes(_png_with_broken_pixels())   # passes the build-time header check
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     proc = subprocess.run([sys.executable, "-m", "clipcore.train", "--logs", str(tmp_path), "--name", "w",
                            "--train-data", str(tmp_path / "data"), "--workers", "2", "--batch-size", "4",
