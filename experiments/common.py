@@ -301,6 +301,14 @@ def controls_cell(rec: dict) -> str:
     return c["text"] + (f"; headroom: {checks}" if checks else "")
 
 
+def _undecided(rec: dict) -> str:
+    """An inconclusive row says that its tier's seeds could not decide it (it does not pose as a verdict)."""
+    if rec["verdict"] != "inconclusive":
+        return ""
+    n = (rec.get("measured") or {}).get("n") or len(rec.get("seeds") or [])
+    return f" (not decided: the interval straddles the threshold with {n} seeds at the {rec['tier']} tier)"
+
+
 def what_changed(recs: list[dict], history: Path = HISTORY / "protocol1.json") -> list[str]:
     """'## What changed': every claim (and tier) whose protocol-2 verdict differs from its protocol-1 verdict,
     old -> new and why; the old verdicts stay in history/protocol1.json."""
@@ -340,7 +348,7 @@ def write_results_md(results: Path = QUICK_RESULTS, out: Path = RESULTS_MD) -> P
         pre = r.get("preregistered") or {}
         mark = "" if pre.get("clean", True) is not False else "; NOT pre-registered (test file uncommitted)"
         lines.append(f"| {_cell(r['id'])} | {_cell(r['claim'])} | {_cell(pred)} | {_cell(r['measured_text'])} | "
-                     f"{_cell(controls_cell(r))} | **{_cell(r['verdict'])}** | {_cell(r['tier'])} "
+                     f"{_cell(controls_cell(r))} | **{_cell(r['verdict'])}**{_undecided(r)} | {_cell(r['tier'])} "
                      f"({_cell(r.get('date', ''))}{', thresholds at ' + pre['commit'] if pre.get('commit') else ''}{mark}) |")
     lines.append("")
     for t in ("quick", "full"):
