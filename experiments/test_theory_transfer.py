@@ -22,7 +22,6 @@ import time
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-import pytest
 import seaborn as sns
 import torch
 
@@ -33,6 +32,7 @@ from theory.derivations import square_zero_shot_error
 from theory.fit import embed, fit, fresh_batches, linear_clip, train_protocol
 from theory.measures import completeness, ground_truth_embed, topr_error, tv_gaussian_scale
 from theory.world import World, WorldConfig
+from experiments.theory_protocol import _one_thread  # noqa: F401 (the autouse fixture: one torch thread)
 
 SEEDS = seeds(3, 5)
 SEEDS_CHEAP = seeds(3, 10)  # THY-5, THY-6: a few seconds per seed, so the paper tier affords 10
@@ -40,15 +40,6 @@ NULL = 500                 # negative controls: the same arm on world/data seeds
 EMBED, ETA0 = 16, 1.0
 TAU = 0.01                 # THY-6, THY-7: the small-tau regime the theory speaks about (error off its floor)
 STEPS = 1000               # SGD steps at B=32 (THY-6); THY-7 keeps B * steps = 64_000 samples seen
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Small matmuls are much faster on one thread than on two contended ones.
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 @functools.lru_cache(maxsize=None)

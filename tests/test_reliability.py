@@ -22,7 +22,7 @@ from clipcore import train as train_mod
 from clipcore.data import DataError
 from clipcore.errors import ConfigError, UserError
 from clipcore.runlog import Metrics, claim, plot_losses, read_rows
-from clipcore.train import TrainConfig, parse_args, train
+from clipcore.train import TrainConfig, train
 
 FAST = dict(batch_size=32, warmup=2, log_every=1, epochs=1)
 
