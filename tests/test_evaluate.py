@@ -103,6 +103,16 @@ def test_mean_per_class_recall_matches_sklearn():
                                                               labels=list(range(7))))
 
 
+def test_top_k_only_below_the_number_of_classes():
+    """acc@k with k >= C is 1 by construction: left out, never NaN (which json.dumps cannot write as JSON)."""
+    g = torch.Generator().manual_seed(0)
+    for c, has5 in ((4, False), (5, False), (6, True)):
+        m = classification_metrics(torch.randn(20, c, generator=g), torch.arange(20) % c)
+        assert ("acc5" in m) == has5 and "acc1" in m, c
+    assert "acc5" not in linear_probe(torch.randn(40, 3, generator=g), torch.arange(40) % 5,
+                                      torch.randn(10, 3, generator=g), torch.arange(10) % 5, epochs=5)
+
+
 def test_bad_inputs():
     with pytest.raises(ValueError, match=r"labels must lie in \[0, 3\)"):
         classification_metrics(torch.randn(4, 3), torch.tensor([0, 1, 2, 3]))
