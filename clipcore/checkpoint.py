@@ -413,8 +413,8 @@ def preprocess_of(ckpt: dict, model=None) -> PreprocessCfg:
     if where not in _WARNED:
         _WARNED.add(where)
         warnings.warn(f"{where} records no image preprocessing (written by an older clipcore); assuming {pp}, the "
-                      "rule for its training data then. Re-save it with clipcore.train (--resume) to record it",
-                      stacklevel=2)
+                      "rule for its training data then. If it was trained otherwise, record how: ckpt['preprocess'] = "
+                      "clipcore.PreprocessCfg(...).to_dict(), and save it again", stacklevel=2)
     return pp
 
 

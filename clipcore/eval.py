@@ -148,24 +148,25 @@ def to_json(obj: dict) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m clipcore.eval", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--checkpoint", required=True, help="a .pt written by clipcore.train")
-    p.add_argument("--data", default=None, help=f"held-out data: {LAYOUTS}; required unless the checkpoint was trained "
+    p = argparse.ArgumentParser(prog="python -m clipcore.eval", description=__doc__.split("\n\n")[0])
+    p.add_argument("--checkpoint", required=True, metavar="FILE", help="a .pt written by clipcore.train")
+    p.add_argument("--data", default=None, metavar="PATH", help=f"held-out data: {LAYOUTS}; required unless the checkpoint was trained "
                    "on the embedded animal-mnist (then its --split is used)")
-    p.add_argument("--split", default="test", choices=("train", "val", "test"), help="split of the embedded default")
-    p.add_argument("--batch-size", type=int, default=512, help="images / texts encoded per forward pass")
-    p.add_argument("--classnames", default=None, help="text file, one class name per line (line i names label i); "
+    p.add_argument("--split", default="test", choices=("train", "val", "test"), help="split of the embedded default (default: test)")
+    p.add_argument("--batch-size", type=int, default=512, metavar="N",
+                   help="images / texts encoded per forward pass (default: 512)")
+    p.add_argument("--classnames", default=None, metavar="FILE", help="text file, one class name per line (line i names label i); "
                    "replaces the data's class names")
-    p.add_argument("--templates", default=None, help="text file, one prompt template per line with {c} for the class "
+    p.add_argument("--templates", default=None, metavar="FILE", help="text file, one prompt template per line with {c} for the class "
                    "name (default: clipcore.data.ZS_TEMPLATES)")
     p.add_argument("--linear-probe", action="store_true", help="also fit a logistic-regression probe on frozen image "
                    "features; with --data it needs --probe-train-data")
-    p.add_argument("--probe-train-data", default=None, help="labelled data to fit the probe on (same layouts as "
+    p.add_argument("--probe-train-data", default=None, metavar="PATH", help="labelled data to fit the probe on (same layouts as "
                    "--data); required with --data, default without it: the embedded train split")
-    p.add_argument("--output", default=None, help="also write the JSON to this file")
+    p.add_argument("--output", default=None, metavar="FILE", help="also write the JSON to this file")
     p.add_argument("--skip-bad", action="store_true", help="skip unreadable rows instead of stopping")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                   help="default: cuda when available, else cpu")
     return p
 
 
