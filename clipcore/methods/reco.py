@@ -340,9 +340,12 @@ def build(cfg, mcfg: Config, device: torch.device) -> Task:
             model.memory, removed = memory.dedup_against(encode_images(base, batches, device=device), mcfg.dedup)
             out["memory_removed"] = float(removed)
         try:
-            return {**evaluate_model(model, tokenizer, ds, device=device, retrieval=split == "test"), **out}
+            out = {**evaluate_model(model, tokenizer, ds, device=device, retrieval=split == "test"), **out}
         finally:
             model.memory = memory
+        if split == "test":                  # every zero-shot mode: the refined (primary) and the frozen base's
+            out.update({f"base/{k}": v for k, v in evaluate_model(base, tokenizer, ds, device=device).items()})
+        return out
 
     src = mcfg.memory or "base embeddings of the training split"
     describe = (f"{len(train_ds)} train pairs; memory {len(memory)} pairs ({src}), training memory {len(train_memory)}; "
