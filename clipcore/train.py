@@ -191,12 +191,13 @@ def clip_task(cfg: TrainConfig, device: torch.device) -> Task:
                    preprocess=PreprocessCfg.from_dict(meta["preprocess"]) if "preprocess" in meta else None)
     if dataset_type(cfg) == "webdataset":
         from clipcore.shards import ShardSource
-        train_src = ShardSource(cfg.train_data, image_size=image_size, in_channels=in_channels, seed=cfg.seed)
+        train_src = ShardSource(cfg.train_data, image_size=image_size, in_channels=in_channels, seed=cfg.seed,
+                                preprocess=data_kw["preprocess"])
         steps = train_src.steps_per_epoch(cfg.batch_size, world, cfg.workers)
         describe = f"{train_src.num_samples} train pairs in {len(train_src.shards)} webdataset shards"
         loader = lambda epoch, start: train_src.loader(tokenizer, cfg.batch_size, epoch=epoch, start_batch=start,
                                                        rank=rank, world_size=world, num_workers=cfg.workers)
-        data_kw["preprocess"] = PreprocessCfg.for_files(image_size, in_channels)   # what ShardSource applies
+        data_kw["preprocess"] = train_src.preprocess_cfg       # held-out data read as the training data
     else:
         if cfg.dataset_type not in ("auto", "csv", "folder"):
             raise DataError(f"--dataset-type {cfg.dataset_type!r}: use auto, csv, folder or webdataset")
