@@ -54,23 +54,30 @@ def _load(path: str | os.PathLike, device: torch.device):
     return model, ImageTransform(preprocess_of(ckpt, model)), tokenizer
 
 
+def _preset(name: str):
+    """The CLIPConfig of a preset whose tokenizer needs no training data (a ConfigError naming the presets)."""
+    from clipcore.models import PRESETS, get_config
+    if name not in PRESETS:
+        raise ConfigError(f"unknown model {name!r}: not a checkpoint file, a clipcore preset ({', '.join(list_models())}) "
+                          "or open_clip:NAME")
+    cfg = get_config(name)
+    if cfg.tokenizer == "word":
+        raise ConfigError(f"preset {name!r} uses a word tokenizer whose vocabulary comes from its training data; "
+                          "load a trained checkpoint of it instead")
+    return cfg
+
+
 def _named(name: str, device: torch.device):
     """(untrained model, CLIP's eval transform at its input size, tokenizer) of a preset or open_clip:NAME."""
     from clipcore.checkpoint import tokenizer_for
     from clipcore.images import ImageTransform, PreprocessCfg
-    from clipcore.models import CLIP, PRESETS, get_config
+    from clipcore.models import CLIP
     if name.startswith(OPEN_CLIP):
         from clipcore.adapters import OpenCLIP
         model = OpenCLIP(name[len(OPEN_CLIP):])
         tokenizer = model.tokenizer
     else:
-        if name not in PRESETS:
-            raise ConfigError(f"unknown model {name!r}: not a checkpoint file, a clipcore preset ({', '.join(list_models())}) "
-                              "or open_clip:NAME")
-        cfg = get_config(name)
-        if cfg.tokenizer == "word":
-            raise ConfigError(f"preset {name!r} uses a word tokenizer whose vocabulary comes from its training data; "
-                              "load a trained checkpoint of it instead")
+        cfg = _preset(name)
         model, tokenizer = CLIP(cfg), tokenizer_for(cfg)
     size, channels = model.input_size()
     return model.to(device).eval(), ImageTransform(PreprocessCfg.for_files(size, channels)), tokenizer
@@ -129,7 +136,8 @@ def get_tokenizer(name_or_checkpoint: str | os.PathLike) -> Callable[[str | Sequ
     if name.startswith(OPEN_CLIP):
         import open_clip
         return open_clip.get_tokenizer(name[len(OPEN_CLIP):])
-    return _named(name, torch.device("cpu"))[2]
+    from clipcore.checkpoint import tokenizer_for
+    return tokenizer_for(_preset(name))
 
 
 @torch.no_grad()

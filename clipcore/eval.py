@@ -78,6 +78,9 @@ def check_layout(data: str) -> None:
 def _check_classes(ds, data: str, classnames: list[str] | None) -> None:
     labelled = bool((ds.labels >= 0).any())
     if classnames is not None:
+        if ds.classnames is not None and len(classnames) != len(ds.classnames):
+            raise ConfigError(f"--classnames has {len(classnames)} names but {data} has {len(ds.classnames)} classes "
+                              f"({', '.join(ds.classnames[:3])}, ...): give one name per class, in sorted order")
         if labelled and int(ds.labels.max()) >= len(classnames):
             raise ConfigError(f"--classnames has {len(classnames)} names but {data} has label "
                               f"{int(ds.labels.max())}; give one name per label, line i naming label i")
@@ -155,8 +158,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="test", choices=("train", "val", "test"), help="split of the embedded default (default: test)")
     p.add_argument("--batch-size", type=int, default=512, metavar="N",
                    help="images / texts encoded per forward pass (default: 512)")
-    p.add_argument("--classnames", default=None, metavar="FILE", help="text file, one class name per line (line i names label i); "
-                   "replaces the data's class names")
+    p.add_argument("--classnames", default=None, metavar="FILE", help="text file, one class name per line: line i names label i (integer labels; "
+                   "a folder's i-th subfolder or a CSV's i-th class name in sorted order), replacing the data's names")
     p.add_argument("--templates", default=None, metavar="FILE", help="text file, one prompt template per line with {c} for the class "
                    "name (default: clipcore.data.ZS_TEMPLATES)")
     p.add_argument("--linear-probe", action="store_true", help="also fit a logistic-regression probe on frozen image "

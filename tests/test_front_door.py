@@ -141,6 +141,7 @@ def test_api_names_signatures_and_shapes(trained):
     clf = clipcore.build_zero_shot_classifier(model, tok, names, templates, num_classes_per_batch=2)
     assert clf.shape == (128, 3)                                                         # (D, C), open_clip's
     torch.testing.assert_close(clf, zero_shot_classifier(model, tok, names, templates).T)
+    assert torch.equal(clipcore.get_tokenizer("tiny")(["a cat."]), tok(["a cat."]))          # bpe, context 16
     untrained, _, tf = clipcore.create_model_and_transforms("tiny")
     assert "bicubic" in repr(tf) and tf(Image.new("RGB", (64, 48))).shape == (3, 32, 32)
     loaded = clipcore.create_model("tiny", pretrained=str(ckpt))
@@ -190,6 +191,9 @@ def test_eval_classnames_and_templates_files(trained, tmp_path, capsys):
                "--templates", str(tmp_path / "templates.txt")])
     m = _strict(capsys.readouterr().out)
     assert 0 <= m["acc1"] <= 1 and 0 <= m["acc5"] <= 1                   # 6 classes: top-5 is informative
+    three = _subset_csv(root, "three.csv", ["cat", "dog", "cow"])        # named labels: one name per class
+    assert "has 3 classes" in _one_line_error(["--checkpoint", str(ckpt), "--data", str(three), "--classnames",
+                                               str(tmp_path / "names.txt")], capsys)
     (tmp_path / "bad.txt").write_text("a photo of a cat.\n")
     with pytest.raises(SystemExit) as e:
         eval_main(["--checkpoint", str(ckpt), "--data", str(data), "--templates", str(tmp_path / "bad.txt")])
