@@ -17,12 +17,15 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import torch
 from torch import Tensor, nn
 
 from clipcore.errors import ConfigError
+
+if TYPE_CHECKING:
+    from clipcore.images import ImageTransform
 
 __all__ = ["list_models", "create_model", "create_model_and_transforms", "get_tokenizer", "build_zero_shot_classifier"]
 
@@ -117,7 +120,8 @@ def create_model(name_or_checkpoint: str | os.PathLike, pretrained: str | os.Pat
 
 
 def create_model_and_transforms(name_or_checkpoint: str | os.PathLike, pretrained: str | os.PathLike | None = None,
-                                device: str | torch.device | None = None):
+                                device: str | torch.device | None = None
+                                ) -> tuple[nn.Module, "ImageTransform", "ImageTransform"]:
     """-> (model, preprocess_train, preprocess_val), as open_clip's. The preprocess objects map a PIL image to a
     (C, H, W) float tensor by the checkpoint's recorded preprocessing (size, channels, mean, std, interpolation,
     crop or whole image); for an untrained name, CLIP's eval transform at the model's input size. Both are the
