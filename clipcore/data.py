@@ -5,6 +5,7 @@
     loader = make_loader(train, tokenizer, 256, seed=0, epoch=3)  # (images, tokens, labels) batches
     load_dataset("pairs.csv")      # columns filepath, caption (or title) [, label]
     load_dataset("photos/")        # photos/<class_name>/*.jpg
+    load_dataset("test.csv", preprocess=clipcore.checkpoint.preprocess_of(ckpt))   # read as that model's training data
 
 Every item is `(image (C, H, W) float, caption str, label int)`, label -1 when the data have no labels.
 Captions of labelled data without text (default data, folders) are drawn from CAPTION_TEMPLATES by a hash of
@@ -90,7 +91,8 @@ class ImageTextDataset(torch.utils.data.Dataset):
     Built by `load_dataset`; holds either uint8 grey images in memory (`images` (N, h, w); resized and normalised
     once into a float cache when that fits in CACHE_BYTES, else per batch) or lazily loaded files (`paths`). `captions` None means captions come from CAPTION_TEMPLATES and labels.
     Attributes: classnames (list[str] | None), labels (N,) LongTensor (-1 = unknown), rows (a description of
-    each item's origin, for errors), skipped (descriptions of rows skipped under skip_bad), mean/std used.
+    each item's origin, for errors), skipped (descriptions of rows skipped under skip_bad), preprocess_cfg (the
+    :class:`clipcore.images.PreprocessCfg` applied: what a checkpoint of a run on these data records).
     """
 
     def __init__(self, *, labels: Tensor, classnames: list[str] | None, rows: list[str], preprocess: PreprocessCfg,
