@@ -10,6 +10,10 @@
   (``sha256sum`` format: ``sha256sum -c latest.pt.sha256`` checks it by hand). :func:`load` checks it when the
   sidecar exists (a file copied without one loads unverified), and that every floating tensor is finite;
   :func:`save_atomic` refuses to write non-finite tensors.
+- **Self-describing.** Besides the weights, a checkpoint records how its images were preprocessed
+  (``"preprocess"``: :class:`clipcore.images.PreprocessCfg` as a dict) and its tokenizer (``"tokenizer"``:
+  ``{"kind": "bpe"|"word"|"open_clip", "context_length", ...}``, a word tokenizer's vocabulary included);
+  :func:`preprocess_of` and :func:`load_model` read them back (older files: :func:`preprocess_of` warns once).
 - **A predecessor.** With ``keep_previous`` the replaced file becomes ``<stem>.prev<suffix>`` (its sidecar
   too), in an order that leaves at every instant one of the two verifiable (or the new one complete but, until its
   sidecar is written, unverified); ``load(..., fallback=True)`` uses the predecessor, with a warning, when the
@@ -31,7 +35,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from clipcore.data import default_preprocess
 from clipcore.errors import ConfigError, UserError
+from clipcore.images import PreprocessCfg
 from clipcore.models import CLIP, config_from_dict
 from clipcore.tokenizer import WordTokenizer, build_tokenizer
 
@@ -378,6 +384,79 @@ def tokenizer_for(model_cfg, tokenizer_state: dict | None = None):
     return build_tokenizer(model_cfg.tokenizer, model_cfg.text.context_length)
 
 
+_WARNED: set[str] = set()
+
+
+def preprocess_of(ckpt: dict, model=None) -> PreprocessCfg:
+    """The :class:`~clipcore.images.PreprocessCfg` the checkpoint's model was trained with (``ckpt["preprocess"]``).
+
+    A checkpoint written before clipcore recorded it gets today's rule for its training data -- the embedded
+    animal-mnist: 0.5/0.5 bilinear; GRAIN: CLIP's mean/std, whole image; files: CLIP's mean/std (0.5 grey),
+    bicubic, centre crop -- at the model's input size (``model.input_size()``, else its model_config), with
+    one warning per file naming that assumption."""
+    if ckpt.get("preprocess"):
+        return PreprocessCfg.from_dict(ckpt["preprocess"])
+    if model is not None and hasattr(model, "input_size"):
+        size, channels = model.input_size()
+    else:
+        vis = (ckpt.get("model_config") or ckpt.get("base_model_config") or {}).get("vision", {})
+        size, channels = vis.get("image_size", 32), vis.get("in_channels", 3)
+    tc = ckpt.get("train_config") or {}
+    if ckpt.get("method") == "grain":
+        pp = PreprocessCfg(size, channels, interpolation="bilinear" if tc.get("train_data") is None else "bicubic",
+                           resize_mode="whole")
+    elif tc.get("train_data") is None:
+        pp = default_preprocess(size, channels)
+    else:
+        pp = PreprocessCfg.for_files(size, channels)
+    where = str(ckpt.get("loaded_from", "a checkpoint"))
+    if where not in _WARNED:
+        _WARNED.add(where)
+        warnings.warn(f"{where} records no image preprocessing (written by an older clipcore); assuming {pp}, the "
+                      "rule for its training data then. If it was trained otherwise, record how: ckpt['preprocess'] = "
+                      "clipcore.PreprocessCfg(...).to_dict(), and save it again", stacklevel=2)
+    return pp
+
+
+def tokenizer_record(model, tokenizer) -> dict | None:
+    """What a checkpoint stores about ``tokenizer``: its ``state_dict()`` (bpe: kind + context length; word: the
+    vocabulary too) or, for an open_clip model's tokenizer, {"kind": "open_clip", "name", "context_length"}."""
+    if hasattr(tokenizer, "state_dict"):
+        return tokenizer.state_dict()
+    name = getattr(model, "name", None)
+    if name is None or tokenizer is None:
+        return None
+    return {"kind": "open_clip", "name": name, "context_length": int(getattr(tokenizer, "context_length", 77))}
+
+
+def tokenizer_of(ckpt: dict):
+    """The tokenizer a checkpoint records (:func:`tokenizer_record`; a method's base's for RECO), rebuilt without
+    building the model; older checkpoints without the record: the one their model config names."""
+    meta = ckpt.get("base") or ckpt
+    rec = ckpt.get("tokenizer") or meta.get("tokenizer")
+    if (rec and rec.get("kind") == "open_clip") or meta.get("open_clip_model"):
+        import open_clip
+        return open_clip.get_tokenizer(rec["name"] if rec and rec.get("name") else meta["open_clip_model"])
+    cfg = meta.get("model_config") or ckpt.get("base_model_config")
+    if cfg is None:
+        raise CheckpointError(f"{ckpt.get('loaded_from', 'the checkpoint')} records no tokenizer and no model config")
+    return tokenizer_for(config_from_dict(cfg), rec)
+
+
+def model_from_meta(meta: dict) -> tuple[torch.nn.Module, object]:
+    """An untrained model and its tokenizer from a checkpoint's model entries: ``open_clip_model`` (an
+    :class:`clipcore.adapters.OpenCLIP`) or ``model_config`` (a clipcore CLIP) with ``tokenizer``."""
+    if meta.get("open_clip_model"):
+        from clipcore.adapters import OpenCLIP
+        model = OpenCLIP(meta["open_clip_model"])
+        return model, model.tokenizer
+    cfg = config_from_dict(meta["model_config"])
+    return CLIP(cfg), tokenizer_for(cfg, meta.get("tokenizer"))
+
+
+MODEL_KEYS = ("model_config", "open_clip_model", "tokenizer")   # the entries model_from_meta reads
+
+
 def load_model(path: str | os.PathLike, device: str = "cpu") -> tuple[CLIP, object, dict]:
     """Checkpoint -> (model in eval mode, tokenizer, the checkpoint dict). Every model it returns has
     ``encode_image`` / ``encode_text``; GRAIN and RECO checkpoints come back as their method's model (global
@@ -393,12 +472,6 @@ def load_model(path: str | os.PathLike, device: str = "cpu") -> tuple[CLIP, obje
     prefix = ckpt.get("model_prefix")   # methods that wrap the CLIP (e.g. ARF's "clip.") say where it sits
     if prefix:
         state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-    if "open_clip_model" in ckpt:       # trained with --model open_clip:NAME (clipcore.adapters)
-        from clipcore.adapters import OpenCLIP
-        model = OpenCLIP(ckpt["open_clip_model"])
-        model.load_state_dict(state)
-        return model.to(device).eval(), model.tokenizer, ckpt
-    cfg = config_from_dict(ckpt["model_config"])
-    model = CLIP(cfg)
+    model, tokenizer = model_from_meta(ckpt)     # a CLIP, or an OpenCLIP (--model open_clip:NAME)
     model.load_state_dict(state)
-    return model.to(device).eval(), tokenizer_for(cfg, ckpt.get("tokenizer")), ckpt
+    return model.to(device).eval(), tokenizer, ckpt

@@ -5,6 +5,7 @@
     loader = make_loader(train, tokenizer, 256, seed=0, epoch=3)  # (images, tokens, labels) batches
     load_dataset("pairs.csv")      # columns filepath, caption (or title) [, label]
     load_dataset("photos/")        # photos/<class_name>/*.jpg
+    load_dataset("test.csv", preprocess=clipcore.checkpoint.preprocess_of(ckpt))   # read as that model's training data
 
 Every item is `(image (C, H, W) float, caption str, label int)`, label -1 when the data have no labels.
 Captions of labelled data without text (default data, folders) are drawn from CAPTION_TEMPLATES by a hash of
@@ -36,7 +37,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from .errors import UserError
-from .images import check_image, preprocess
+from .images import CLIP_MEAN, CLIP_STD, ImageTransform, PreprocessCfg, check_image  # noqa: F401 (CLIP_*: re-exported)
 
 ASSET = Path(__file__).parent / "assets" / "animal_mnist.npz"   # see assets/ANIMAL_MNIST_LICENSE.txt
 CLASSNAMES: tuple[str, ...] = ("bear", "bird", "cat", "cow", "dog", "elephant", "giraffe", "horse", "sheep", "zebra")
@@ -58,7 +59,6 @@ SPLIT_FRACTIONS = (0.8, 0.1, 0.1)
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 PROGRESS_MIN = 20_000   # image checks show a progress bar (stderr) from this many rows on
 CACHE_BYTES = 256 * 2**20   # pre-resize in-memory images when the float copy fits in this
-CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
 
 
 class DataError(UserError, ValueError):
@@ -91,26 +91,29 @@ class ImageTextDataset(torch.utils.data.Dataset):
     Built by `load_dataset`; holds either uint8 grey images in memory (`images` (N, h, w); resized and normalised
     once into a float cache when that fits in CACHE_BYTES, else per batch) or lazily loaded files (`paths`). `captions` None means captions come from CAPTION_TEMPLATES and labels.
     Attributes: classnames (list[str] | None), labels (N,) LongTensor (-1 = unknown), rows (a description of
-    each item's origin, for errors), skipped (descriptions of rows skipped under skip_bad), mean/std used.
+    each item's origin, for errors), skipped (descriptions of rows skipped under skip_bad), preprocess_cfg (the
+    :class:`clipcore.images.PreprocessCfg` applied: what a checkpoint of a run on these data records).
     """
 
-    def __init__(self, *, labels: Tensor, classnames: list[str] | None, rows: list[str], image_size: int,
-                 in_channels: int, mean: tuple[float, ...], std: tuple[float, ...], seed: int = 0,
-                 images: Tensor | None = None, paths: list[Path] | None = None,
+    def __init__(self, *, labels: Tensor, classnames: list[str] | None, rows: list[str], preprocess: PreprocessCfg,
+                 seed: int = 0, images: Tensor | None = None, paths: list[Path] | None = None,
                  captions: list[str] | None = None, skipped: list[str] | None = None) -> None:
         self.labels, self.classnames, self.rows = labels, classnames, rows
-        self.image_size, self.in_channels, self.seed, self.epoch = image_size, in_channels, seed, 0
+        self.preprocess_cfg = preprocess
+        self.image_size, self.in_channels, self.seed, self.epoch = preprocess.image_size, preprocess.in_channels, seed, 0
         self.images, self.paths, self.captions = images, paths, captions
         self.skipped = skipped or []
-        self.mean, self.std = mean, std
-        self._mean = torch.tensor(mean).view(-1, 1, 1)
-        self._std = torch.tensor(std).view(-1, 1, 1)
+        self.mean, self.std = preprocess.mean, preprocess.std
+        self._mean, self._std = preprocess.tensors()
+        self._transform = ImageTransform(preprocess)
+        # grey in-memory images: one normalised channel expanded (a view) when every channel has the same mean/std
+        self._grey_norm = len(set(self.mean)) == 1 and len(set(self.std)) == 1
         if captions is None:   # table[label][template] so drawing a caption is a lookup
             assert classnames is not None, "template captions need class names"
             self._table = [[caption_for(t, c) for t in CAPTION_TEMPLATES] for c in classnames]
-        self._cache: Tensor | None = None   # in-memory images resized + normalised once when small enough
-        if images is not None and len(images) * image_size ** 2 * 4 <= CACHE_BYTES:
-            self._cache = torch.cat([self._resize_norm(c) for c in images.split(1024)]) if len(images) else None
+        self._cache: Tensor | None = None   # in-memory images resized (+ normalised) once when small enough
+        if images is not None and len(images) * self.image_size ** 2 * 4 <= CACHE_BYTES:
+            self._cache = torch.cat([self._resize(c) for c in images.split(1024)]) if len(images) else None
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -130,30 +133,35 @@ class ImageTextDataset(torch.utils.data.Dataset):
         return [self._table[c][k] for c, k in zip(labels, t)]
 
     def _load_file(self, i: int) -> Tensor:
-        """CLIP's eval transform of file i (:func:`preprocess`) -> (C, S, S)."""
+        """The transform of :attr:`preprocess_cfg` (:class:`clipcore.images.ImageTransform`) of file i -> (C, S, S)."""
         try:
             with Image.open(self.paths[i]) as im:
-                return preprocess(im, self.image_size, self._mean, self._std)
+                return self._transform(im)
         except Exception as e:  # PIL raises many types for bad files
             raise DataError(f"{self.rows[i]}: cannot decode image {self.paths[i]} ({type(e).__name__}: {e}); "
                             "replace or remove the file. (Only headers are checked when the data set is built, "
                             "see clipcore.images.check_image, so damage inside the pixel data shows here.)") from e
 
-    def _resize_norm(self, u8: Tensor) -> Tensor:
-        """uint8 (B, h, w) -> (B, 1, S, S) float: bilinear antialiased resize to image_size, then normalise."""
+    def _resize(self, u8: Tensor) -> Tensor:
+        """uint8 (B, h, w) -> (B, 1, S, S) float: antialiased resize to image_size (torch's mode of the
+        interpolation; the same square images, so crop and whole agree), normalised when _grey_norm."""
         x = u8.unsqueeze(1).float().div_(255.0)
         if x.shape[-2:] != (self.image_size, self.image_size):
-            x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear",
-                              antialias=True, align_corners=False)
-        return x.sub_(self.mean[0]).div_(self.std[0])
+            mode = self.preprocess_cfg.interpolation
+            x = F.interpolate(x, size=(self.image_size, self.image_size), mode=mode,
+                              **({} if mode == "nearest" else dict(antialias=True, align_corners=False)))
+            if mode == "bicubic":
+                x = x.clamp_(0.0, 1.0)       # as PIL's 8-bit resize clips the overshoot
+        return x.sub_(self.mean[0]).div_(self.std[0]) if self._grey_norm else x
 
     def batch_images(self, idx: list[int]) -> Tensor:
         """Images of items `idx` -> (B, C, image_size, image_size) float32, normalised."""
         if self.images is None:
             return torch.stack([self._load_file(i) for i in idx])
         it = torch.as_tensor(idx, dtype=torch.long)
-        x = self._cache.index_select(0, it) if self._cache is not None else self._resize_norm(self.images.index_select(0, it))
-        return x.expand(-1, self.in_channels, -1, -1)   # grey repeated to 3 channels (a view, no copy)
+        x = self._cache.index_select(0, it) if self._cache is not None else self._resize(self.images.index_select(0, it))
+        x = x.expand(-1, self.in_channels, -1, -1)   # grey repeated to 3 channels (a view, no copy)
+        return x if self._grey_norm else (x - self._mean) / self._std
 
     def __getitems__(self, idx: list[int]) -> list[tuple[Tensor, str, int]]:
         """Batched fetch used by torch's DataLoader: (image (C, H, W), caption, label) per index.
@@ -193,15 +201,19 @@ def _animal_mnist() -> tuple[Tensor, Tensor, tuple[np.ndarray, ...]]:
     return torch.from_numpy(images), torch.from_numpy(labels), splits
 
 
-def _default(split: str, image_size: int, in_channels: int, seed: int) -> ImageTextDataset:
+def default_preprocess(image_size: int = 32, in_channels: int = 3) -> PreprocessCfg:
+    """The embedded animal-mnist's preprocessing: silhouettes are not photos, so CLIP's photo statistics do not
+    fit and 0.5/0.5 maps [0, 1] to [-1, 1]; 28 px resized bilinearly (torch, antialiased)."""
+    return PreprocessCfg(int(image_size), in_channels, (0.5,) * in_channels, (0.5,) * in_channels, "bilinear", "crop")
+
+
+def _default(split: str, preprocess: PreprocessCfg, seed: int) -> ImageTextDataset:
     images, labels, splits = _animal_mnist()
     ix = np.arange(len(labels)) if split == "all" else splits[SPLITS.index(split)]
     ix_t = torch.from_numpy(ix)
-    # Silhouettes are not photos: CLIP's photo statistics do not fit, so 0.5/0.5 maps [0, 1] to [-1, 1].
     return ImageTextDataset(images=images[ix_t].contiguous(), labels=labels[ix_t].clone(),
                             classnames=list(CLASSNAMES), rows=[f"animal-mnist item {i}" for i in ix.tolist()],
-                            image_size=image_size, in_channels=in_channels, seed=seed,
-                            mean=(0.5,) * in_channels, std=(0.5,) * in_channels)
+                            preprocess=preprocess, seed=seed)
 
 
 def _filter_rows(items: list[tuple[str, Path | None, str | None]], skip_bad: bool,
@@ -311,7 +323,7 @@ def _read_table(path: Path, sep: str) -> tuple[list[str], list[tuple[str, dict[s
     return header, records
 
 
-def _from_table(path: Path, image_size: int, in_channels: int, seed: int, skip_bad: bool, caption_key: str | None,
+def _from_table(path: Path, preprocess: PreprocessCfg, seed: int, skip_bad: bool, caption_key: str | None,
                 image_key: str | None, label_key: str | None) -> ImageTextDataset:
     sep = "\t" if path.suffix.lower() == ".tsv" else ","
     cols, records = _read_table(path, sep)
@@ -336,14 +348,12 @@ def _from_table(path: Path, image_size: int, in_channels: int, seed: int, skip_b
         labels, names = _parse_labels([records[k][1][lkey] for k in keep], rows, str(path))
     else:
         labels, names = [-1] * len(keep), None
-    rgb = in_channels == 3
     return ImageTextDataset(paths=[items[k][1] for k in keep], captions=[items[k][2].strip() for k in keep],
                             labels=torch.tensor(labels, dtype=torch.long), classnames=names, rows=rows,
-                            image_size=image_size, in_channels=in_channels, seed=seed, skipped=skipped,
-                            mean=CLIP_MEAN if rgb else (0.5,), std=CLIP_STD if rgb else (0.5,))
+                            preprocess=preprocess, seed=seed, skipped=skipped)
 
 
-def _from_folder(root: Path, image_size: int, in_channels: int, seed: int, skip_bad: bool) -> ImageTextDataset:
+def _from_folder(root: Path, preprocess: PreprocessCfg, seed: int, skip_bad: bool) -> ImageTextDataset:
     classes = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not classes:
         raise DataError(f"{root}: no class subfolders; an image folder needs one subfolder per class "
@@ -358,37 +368,43 @@ def _from_folder(root: Path, image_size: int, in_channels: int, seed: int, skip_
         items += [(f"{root} file {p.relative_to(root)}", p, None) for p in files]
         labels += [c] * len(files)
     keep, skipped = _filter_rows(items, skip_bad, str(root))
-    rgb = in_channels == 3
     return ImageTextDataset(paths=[items[k][1] for k in keep], labels=torch.tensor([labels[k] for k in keep]),
                             classnames=[d.name.replace("_", " ") for d in classes], rows=[items[k][0] for k in keep],
-                            image_size=image_size, in_channels=in_channels, seed=seed, skipped=skipped,
-                            mean=CLIP_MEAN if rgb else (0.5,), std=CLIP_STD if rgb else (0.5,))
+                            preprocess=preprocess, seed=seed, skipped=skipped)
 
 
 def load_dataset(source: str | Path | None, split: str = "train", *, image_size: int = 32, in_channels: int = 3,
                  seed: int = 0, skip_bad: bool = False, caption_key: str | None = None, image_key: str | None = None,
-                 label_key: str | None = None) -> ImageTextDataset:
+                 label_key: str | None = None, preprocess: PreprocessCfg | None = None) -> ImageTextDataset:
     """Build a dataset from None / "animal-mnist" (embedded), a .csv/.tsv file, or an image folder.
 
     split ("train", "val", "test", "all") picks the fixed stratified 80/10/10 split of the default data; user
     files and folders are used whole (split ignored). Images come out as (in_channels, image_size, image_size).
     caption_key / image_key / label_key name CSV columns (defaults: caption or title, filepath, label).
+    preprocess: how to turn images into tensors, e.g. a checkpoint's record (``clipcore.checkpoint.preprocess_of``);
+    it overrides image_size and in_channels. None: the source's own default at image_size / in_channels
+    (:func:`default_preprocess` for the embedded data, ``PreprocessCfg.for_files`` for files), which the
+    returned dataset's ``preprocess_cfg`` records for the checkpoint.
     """
     if split not in SPLITS:
         raise DataError(f"split={split!r} is not one of {SPLITS}.")
-    if in_channels not in (1, 3):
-        raise DataError(f"in_channels={in_channels!r}: use 1 (grey) or 3 (RGB).")
-    if int(image_size) < 1:
-        raise DataError(f"image_size={image_size!r}: use a positive number of pixels.")
-    if source is None or str(source) == "animal-mnist":
-        return _default(split, int(image_size), in_channels, seed)
+    if preprocess is None:
+        if in_channels not in (1, 3):
+            raise DataError(f"in_channels={in_channels!r}: use 1 (grey) or 3 (RGB).")
+        if int(image_size) < 1:
+            raise DataError(f"image_size={image_size!r}: use a positive number of pixels.")
+    default = source is None or str(source) == "animal-mnist"
+    if preprocess is None:
+        preprocess = (default_preprocess if default else PreprocessCfg.for_files)(int(image_size), in_channels)
+    if default:
+        return _default(split, preprocess, seed)
     path = Path(source).expanduser()
     if path.is_dir():
-        return _from_folder(path, int(image_size), in_channels, seed, skip_bad)
+        return _from_folder(path, preprocess, seed, skip_bad)
     if path.suffix.lower() in (".csv", ".tsv"):
         if not path.is_file():
             raise DataError(f"{path}: CSV/TSV file not found; check the path given as data source.")
-        return _from_table(path, int(image_size), in_channels, seed, skip_bad, caption_key, image_key, label_key)
+        return _from_table(path, preprocess, seed, skip_bad, caption_key, image_key, label_key)
     raise DataError(f"data source {str(source)!r} is {'not a folder' if path.suffix else 'not found'}"
                     f"{' and has an unknown extension' if path.suffix else ''}; accepted: None or 'animal-mnist' "
                     "(embedded default), a .csv/.tsv file (columns filepath, caption/title[, label]), or a folder "

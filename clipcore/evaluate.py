@@ -3,8 +3,8 @@
 Functions take encoders and tensors, never a trainer. `model` is anything with
 `encode_image(images, normalize=True) -> (N, D)` and `encode_text(tokens, normalize=True) -> (N, D)`.
 Metric definitions follow LAION's CLIP_benchmark so numbers are comparable:
-  acc@k            fraction of images whose label is among the k highest logits; NaN when k > #classes
-                   (CLIP_benchmark reports acc5 = NaN for datasets with fewer than 5 classes)
+  acc@k            fraction of images whose label is among the k highest logits; reported only for k < #classes
+                   (with k >= #classes it is 1 by construction; CLIP_benchmark's NaN is not valid JSON)
   mean_per_class_recall  mean over classes present in `labels` of recall (= sklearn balanced_accuracy_score)
   image_retrieval_recall@k  text -> image: fraction of texts whose own image is in the top k images
   text_retrieval_recall@k   image -> text: fraction of images with ANY of their captions in the top k texts
@@ -17,7 +17,6 @@ Metric definitions follow LAION's CLIP_benchmark so numbers are comparable:
 from __future__ import annotations
 
 import contextlib
-import math
 from typing import Callable, Iterable, Iterator, Sequence
 
 import torch
@@ -84,7 +83,8 @@ def _fill(template: Template, classname: str) -> str:
 def zero_shot_classifier(model, tokenizer, classnames: Sequence[str], templates: Sequence[Template],
                          device: str | torch.device = "cpu", batch_size: int = 512) -> Tensor:
     """(C, D) class embeddings, CLIP's prompt ensemble: for each class encode every template filled with the
-    class name, L2-normalise each, average, re-normalise. (open_clip/CLIP_benchmark return the transpose.)"""
+    class name, L2-normalise each, average, re-normalise. ``clipcore.build_zero_shot_classifier`` returns the
+    (D, C) transpose, as open_clip's does."""
     if not classnames or not templates:
         raise ValueError(f"need at least one class name and one template, got {len(classnames)} and {len(templates)}")
     prompts = [_fill(t, c) for c in classnames for t in templates]        # class-major
@@ -95,9 +95,9 @@ def zero_shot_classifier(model, tokenizer, classnames: Sequence[str], templates:
 
 # ------------------------------------------------------------------------------------------- metrics
 def classification_metrics(logits: Tensor, labels: Tensor, ks: Sequence[int] = (1, 5)) -> dict[str, float]:
-    """logits (N, C), labels (N,) in [0, C) -> {"acc{k}" for k in ks, "mean_per_class_recall"}.
+    """logits (N, C), labels (N,) in [0, C) -> {"acc{k}" for k in ks with k = 1 or k < C, "mean_per_class_recall"}.
 
-    acc@k is NaN when k > C (CLIP_benchmark's acc5 for < 5 classes). mean_per_class_recall averages the
+    acc@k for k >= C (1 by construction) is left out, never NaN. mean_per_class_recall averages the
     recall (confusion-matrix diagonal / row sum) over the classes that occur in `labels`."""
     n, c = logits.shape
     labels = labels.long().to(logits.device)
@@ -113,7 +113,8 @@ def classification_metrics(logits: Tensor, labels: Tensor, ks: Sequence[int] = (
     top = logits.topk(kmax, dim=1).indices                                    # (N, kmax)
     hit = top == labels[:, None]
     for k in ks:
-        out[f"acc{k}"] = hit[:, :k].any(1).double().mean().item() if k <= c else math.nan
+        if k == 1 or k < c:
+            out[f"acc{k}"] = hit[:, :k].any(1).double().mean().item()
     conf = torch.bincount(labels * c + top[:, 0], minlength=c * c).view(c, c)  # rows: true, cols: predicted
     support = conf.sum(1)
     recall = conf.diag()[support > 0].double() / support[support > 0]
@@ -194,7 +195,7 @@ def linear_probe(train_x: Tensor, train_y: Tensor, test_x: Tensor, test_y: Tenso
 
     The weight decay is chosen by val acc1 (on val_x/val_y, or a seeded held-out 20% of train when none is
     given; ties -> the larger wd), then the probe is refit on train(+val) and scored on test.
-    `epochs` = L-BFGS iterations (one full pass each). Returns {"acc1", "acc5" (NaN if < 5 classes),
+    `epochs` = L-BFGS iterations (one full pass each). Returns {"acc1", "acc5" (only with more than 5 classes),
     "mean_per_class_recall", "wd"}."""
     for name, x, y in (("train", train_x, train_y), ("test", test_x, test_y), ("val", val_x, val_y)):
         if (x is None) != (y is None):

@@ -1,8 +1,14 @@
 """Images from files as tensors: every PIL mode converted faithfully, CLIP's eval transform, a cheap integrity check.
 
-    from clipcore.images import preprocess, check_image
-    x = preprocess(Image.open("a.png"), 224, mean, std)    # (C, 224, 224) float, normalised
+    from clipcore.images import PreprocessCfg, ImageTransform, check_image
+    cfg = PreprocessCfg(image_size=224)                     # CLIP's mean/std, bicubic, shorter side + centre crop
+    x = ImageTransform(cfg)(Image.open("a.png"))            # (C, 224, 224) float, normalised
     check_image(Path("a.jpg"))                              # None, or why the file is not a whole image
+
+A :class:`PreprocessCfg` is what a model's images went through in training (size, channels, mean, std,
+interpolation, resize mode); every checkpoint records it (``ckpt["preprocess"]``) and everything that reads images
+for a checkpoint uses it (``clipcore.data.load_dataset(..., preprocess=cfg)``, ``clipcore.eval``, RECO memories,
+ARF, ``clipcore.create_model_and_transforms``), so data and model cannot disagree on the normalisation.
 
 16-bit and float images are rescaled by their real range and resized in float, transparent pixels are
 composited onto white (`to_canonical` lists every mode); `check_image` reads headers without decoding pixels,
@@ -10,6 +16,8 @@ so clipcore.data runs it on every image when a data set is built.
 """
 from __future__ import annotations
 
+import dataclasses
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +28,79 @@ from torch import Tensor
 ALPHA_BACKGROUND = 255   # transparent pixels are composited onto white (a page, as viewers show them)
 ALPHA_MODES = ("LA", "La", "PA", "RGBA", "RGBa")
 TAIL_BYTES = 4096        # a JPEG's last TAIL_BYTES must hold its end-of-image marker (else it is decoded to check)
+CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
+INTERPOLATIONS = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "nearest": Image.NEAREST}
+RESIZE_MODES = ("crop", "whole")
+
+
+@dataclass(frozen=True)
+class PreprocessCfg:
+    """How images become a model's input: resize to image_size x image_size, in_channels (1 grey, 3 RGB),
+    then (x / 255 - mean) / std per channel.
+
+    interpolation: "bicubic" (CLIP's), "bilinear" or "nearest" -- PIL's filter for files, torch's antialiased
+    ``F.interpolate`` mode for in-memory uint8 data (the embedded default), which agree to about 1/255.
+    resize_mode: "crop" (shorter side to image_size, centre crop: CLIP's eval transform) or "whole" (the whole
+    image squashed to a square: region boxes stay valid, as GRAIN needs).
+    """
+    image_size: int = 224
+    in_channels: int = 3
+    mean: tuple[float, ...] = CLIP_MEAN
+    std: tuple[float, ...] = CLIP_STD
+    interpolation: str = "bicubic"
+    resize_mode: str = "crop"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "mean", tuple(float(m) for m in self.mean))
+        object.__setattr__(self, "std", tuple(float(s) for s in self.std))
+        if self.in_channels not in (1, 3) or len(self.mean) != self.in_channels or len(self.std) != self.in_channels:
+            raise ValueError(f"in_channels must be 1 or 3 with one mean and std per channel; got {self.in_channels}, "
+                             f"mean {self.mean}, std {self.std}")
+        if int(self.image_size) < 1 or any(s <= 0 for s in self.std):
+            raise ValueError(f"need image_size >= 1 and std > 0; got {self.image_size}, {self.std}")
+        if self.interpolation not in INTERPOLATIONS or self.resize_mode not in RESIZE_MODES:
+            raise ValueError(f"interpolation must be one of {sorted(INTERPOLATIONS)} and resize_mode one of "
+                             f"{RESIZE_MODES}; got {self.interpolation!r}, {self.resize_mode!r}")
+
+    @classmethod
+    def for_files(cls, image_size: int, in_channels: int = 3) -> "PreprocessCfg":
+        """CSV, folder and shard data: CLIP's mean/std (RGB) or 0.5/0.5 (grey), bicubic, centre crop."""
+        rgb = in_channels == 3
+        return cls(int(image_size), in_channels, CLIP_MEAN if rgb else (0.5,), CLIP_STD if rgb else (0.5,))
+
+    def to_dict(self) -> dict:
+        """Plain values (what a checkpoint stores)."""
+        return {**dataclasses.asdict(self), "mean": list(self.mean), "std": list(self.std)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "PreprocessCfg":
+        return cls(**{f.name: d[f.name] for f in dataclasses.fields(cls) if f.name in d})
+
+    def tensors(self) -> tuple[Tensor, Tensor]:
+        """mean, std as (C, 1, 1) tensors."""
+        return torch.tensor(self.mean).view(-1, 1, 1), torch.tensor(self.std).view(-1, 1, 1)
+
+
+class ImageTransform:
+    """A PIL image -> (C, H, W) float tensor by a :class:`PreprocessCfg`, as open_clip's preprocess objects:
+    ``preprocess(Image.open(p)).unsqueeze(0)`` is a batch of one."""
+
+    def __init__(self, cfg: PreprocessCfg):
+        self.cfg = cfg
+        self._mean, self._std = cfg.tensors()
+
+    def __call__(self, im: Image.Image) -> Tensor:
+        c = self.cfg
+        return preprocess(im, c.image_size, self._mean, self._std, crop=c.resize_mode == "crop",
+                          interpolation=c.interpolation)
+
+    def __repr__(self) -> str:
+        c = self.cfg
+        resize = ("shorter side to {s}, centre crop {s}x{s}" if c.resize_mode == "crop" else "whole image to {s}x{s}"
+                  ).format(s=c.image_size)
+        fmt = lambda v: "(" + ", ".join(f"{x:.4g}" for x in v) + ")"  # noqa: E731
+        return (f"ImageTransform({resize} ({c.interpolation}), {'RGB' if c.in_channels == 3 else 'grey'}, "
+                f"to tensor, normalise mean={fmt(c.mean)} std={fmt(c.std)})")
 
 
 def to_canonical(im: Image.Image, channels: int) -> Image.Image:
@@ -65,8 +146,10 @@ def _min_max(a: np.ndarray) -> np.ndarray:
     return ((a - lo) / (hi - lo) if hi > lo else np.zeros_like(a)).astype(np.float32)
 
 
-def preprocess(im: Image.Image, size: int, mean: Tensor, std: Tensor, crop: bool = True) -> Tensor:
+def preprocess(im: Image.Image, size: int, mean: Tensor, std: Tensor, crop: bool = True,
+               interpolation: str = "bicubic") -> Tensor:
     """CLIP's eval transform: shorter side -> size (bicubic), centre crop, normalise -> (C, size, size) float.
+    ``interpolation``: a key of :data:`INTERPOLATIONS` (PIL's filter).
     ``crop=False`` resizes the whole image to size x size instead (aspect not kept: region boxes given relative
     to the whole image stay valid, as GRAIN's annotations need).
 
@@ -78,11 +161,11 @@ def preprocess(im: Image.Image, size: int, mean: Tensor, std: Tensor, crop: bool
         w, h = im.size
         r = size / min(w, h)
         nw, nh = max(size, round(w * r)), max(size, round(h * r))
-        im = im.resize((nw, nh), Image.BICUBIC)
+        im = im.resize((nw, nh), INTERPOLATIONS[interpolation])
         left, top = (nw - size) // 2, (nh - size) // 2
         im = im.crop((left, top, left + size, top + size))
     else:
-        im = im.resize((size, size), Image.BICUBIC)
+        im = im.resize((size, size), INTERPOLATIONS[interpolation])
     a = np.asarray(im, dtype=np.float32)
     a = np.clip(a, 0.0, 1.0) if im.mode == "F" else a / 255.0   # bicubic overshoot: 8-bit PIL clips it too
     x = torch.from_numpy(a)

@@ -43,8 +43,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from clipcore.data import CLIP_MEAN, CLIP_STD, DataError, collate, load_dataset
-from clipcore.images import preprocess, to_canonical
+from clipcore.data import DataError, collate, load_dataset
+from clipcore.images import ImageTransform, PreprocessCfg, to_canonical
 from clipcore.errors import cli
 
 IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
@@ -61,16 +61,16 @@ class ShardSource:
     """Training batches from webdataset shards (see the module docstring for order, resume and bad samples).
 
     urls: a brace pattern, or several joined by '::'. Images come out as (in_channels, image_size, image_size)
-    with the normalisation of the CSV/folder sources (CLIP's statistics for RGB, 0.5/0.5 for grey).
+    by ``preprocess`` (a :class:`clipcore.images.PreprocessCfg`, e.g. an --init checkpoint's), by default that
+    of the CSV/folder sources (CLIP's statistics for RGB, 0.5/0.5 for grey; bicubic, centre crop).
     """
 
     def __init__(self, urls: str, *, image_size: int, in_channels: int = 3, seed: int = 0,
-                 shuffle_buffer: int = SHUFFLE_BUFFER) -> None:
+                 shuffle_buffer: int = SHUFFLE_BUFFER, preprocess: PreprocessCfg | None = None) -> None:
         self.shards = expand(urls)
-        self.image_size, self.seed, self.shuffle_buffer = image_size, seed, shuffle_buffer
-        rgb = in_channels == 3
-        self.mean = torch.tensor(CLIP_MEAN if rgb else (0.5,)).view(-1, 1, 1)
-        self.std = torch.tensor(CLIP_STD if rgb else (0.5,)).view(-1, 1, 1)
+        self.preprocess_cfg = preprocess or PreprocessCfg.for_files(image_size, in_channels)
+        self.image_size, self.seed, self.shuffle_buffer = self.preprocess_cfg.image_size, seed, shuffle_buffer
+        self.transform = ImageTransform(self.preprocess_cfg)
         self.sizes = self._sizes()
         self.num_samples = sum(self.sizes)
         cut = [s for s in self.shards if cut_short(s)]
@@ -171,7 +171,7 @@ class ShardSource:
             if image is None or "txt" not in s:
                 raise ValueError(f"no {'image' if image is None else 'txt caption'}")
             with Image.open(io.BytesIO(image)) as im:
-                x = preprocess(im, self.image_size, self.mean, self.std)
+                x = self.transform(im)
             caption = s["txt"].decode("utf-8").strip()
             if not caption:
                 raise ValueError("empty caption")

@@ -39,6 +39,7 @@ from clipcore import distributed
 from clipcore.data import DataError, load_dataset, make_loader
 from clipcore.errors import ConfigError, UserError, cli
 from clipcore.evaluate import evaluate_model
+from clipcore.images import PreprocessCfg
 from clipcore.losses import LOSSES, REG_PAIRS, make_loss
 from clipcore.methods import Task, available, get_method, method_config, trainable_parameters
 from clipcore.models import CLIP, get_config
@@ -157,6 +158,7 @@ def build_model(cfg: TrainConfig, device: torch.device) -> tuple[torch.nn.Module
     if cfg.init:
         model, tokenizer, ckpt = ckpt_io.load_model(cfg.init, device)
         meta = {k: ckpt[k] for k in ("model_config", "open_clip_model") if k in ckpt}
+        meta["preprocess"] = ckpt_io.preprocess_of(ckpt, model).to_dict()   # its images, read as in its training
     elif cfg.model.startswith("open_clip:"):
         from clipcore.adapters import OpenCLIP
         model = OpenCLIP(cfg.model.split(":", 1)[1]).to(device)
@@ -170,7 +172,7 @@ def build_model(cfg: TrainConfig, device: torch.device) -> tuple[torch.nn.Module
         load_pretrained(model, cfg.pretrained)
     if cfg.grad_checkpointing:
         model.set_grad_checkpointing(True)
-    meta["tokenizer"] = tokenizer.state_dict() if hasattr(tokenizer, "state_dict") else None
+    meta["tokenizer"] = ckpt_io.tokenizer_record(model, tokenizer)
     return model, tokenizer, meta
 
 
@@ -185,21 +187,26 @@ def clip_task(cfg: TrainConfig, device: torch.device) -> Task:
     model, tokenizer, meta = build_model(cfg, device)
     image_size, in_channels = model.input_size()
     world, rank = distributed.world_rank()
-    data_kw = dict(image_size=image_size, in_channels=in_channels, seed=cfg.seed, skip_bad=cfg.skip_bad)
+    data_kw = dict(image_size=image_size, in_channels=in_channels, seed=cfg.seed, skip_bad=cfg.skip_bad,
+                   preprocess=PreprocessCfg.from_dict(meta["preprocess"]) if "preprocess" in meta else None)
     if dataset_type(cfg) == "webdataset":
         from clipcore.shards import ShardSource
-        train_src = ShardSource(cfg.train_data, image_size=image_size, in_channels=in_channels, seed=cfg.seed)
+        train_src = ShardSource(cfg.train_data, image_size=image_size, in_channels=in_channels, seed=cfg.seed,
+                                preprocess=data_kw["preprocess"])
         steps = train_src.steps_per_epoch(cfg.batch_size, world, cfg.workers)
         describe = f"{train_src.num_samples} train pairs in {len(train_src.shards)} webdataset shards"
         loader = lambda epoch, start: train_src.loader(tokenizer, cfg.batch_size, epoch=epoch, start_batch=start,
                                                        rank=rank, world_size=world, num_workers=cfg.workers)
+        data_kw["preprocess"] = train_src.preprocess_cfg       # held-out data read as the training data
     else:
         if cfg.dataset_type not in ("auto", "csv", "folder"):
             raise DataError(f"--dataset-type {cfg.dataset_type!r}: use auto, csv, folder or webdataset")
         train_ds = load_dataset(cfg.train_data, "train", **data_kw)
         steps, describe = len(train_ds) // cfg.batch_size, f"{len(train_ds)} train pairs"
+        data_kw["preprocess"] = train_ds.preprocess_cfg        # held-out data read as the training data
         loader = lambda epoch, start: make_loader(train_ds, tokenizer, cfg.batch_size, seed=cfg.seed, epoch=epoch,
                                                   start_batch=start, num_workers=cfg.workers, rank=rank, world_size=world)
+    meta["preprocess"] = data_kw["preprocess"].to_dict()       # the checkpoint carries it (clipcore.images)
     splits = {}
     if cfg.val_data or not cfg.train_data:
         splits["val"] = load_dataset(cfg.val_data, "val", **data_kw)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from clipcore.checkpoint import load_model
+from clipcore.checkpoint import load_model, preprocess_of
 from clipcore.data import load_dataset
 from clipcore.evaluate import evaluate_model
 from clipcore.train import parse_args, train
@@ -41,9 +41,8 @@ def main(argv=None) -> dict:
     if base_ckpt is None:
         res = train(parse_args(["--epochs", str(a.base_epochs), "--logs", a.logs, "--name", "reco_real_base"]))
         base_ckpt = str(Path(res["run_dir"]) / "checkpoints" / "latest.pt")
-    base, tok, _ = load_model(base_ckpt)
-    vis = base.cfg.vision
-    test = load_dataset(None, "test", image_size=vis.image_size, in_channels=vis.in_channels)
+    base, tok, ckpt = load_model(base_ckpt)
+    test = load_dataset(None, "test", preprocess=preprocess_of(ckpt, base))   # read as the base was trained
     metrics = {"base": evaluate_model(base, tok, test)}
     res = train(parse_args(["--method", "reco", "--init", base_ckpt, "--epochs", str(a.reco_epochs), "--logs", a.logs,
                             "--name", "reco_real", "--reco-dedup", str(a.dedup)]))

@@ -1,4 +1,6 @@
 """open_clip towers behind clipcore's CLIP interface; --pretrained from .pt/.bin/.safetensors with key errors."""
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -11,6 +13,7 @@ from clipcore.models import CLIP, get_config
 from clipcore.train import TrainConfig, train
 
 NAME = "ViT-S-32"   # the smallest open_clip ViT config: builds in about a second
+SMALL = "ViT-S-32-alt"   # ViT-S-32 with a narrower text tower (43 M parameters, not 63 M): end-to-end runs
 
 
 @pytest.fixture(scope="module")
@@ -61,15 +64,34 @@ def test_clipcore_safetensors(tmp_path):
     assert all(torch.equal(dst.state_dict()[k], v) for k, v in src.state_dict().items())
 
 
-def test_train_an_open_clip_model_and_load_it_back(tmp_path):
-    """--model open_clip:NAME trains in the loop; its checkpoint loads as a model a method can take as base."""
+def test_train_an_open_clip_model_then_eval_reco_and_arf_on_it(tmp_path, capsys):
+    """--model open_clip:NAME trains in the loop; its checkpoint loads back, is evaluated by clipcore.eval, and is
+    the frozen base of RECO and theta0 of ARF (each a step), whose checkpoints evaluate too (these read a
+    CLIP's .cfg / model_config before, an AttributeError / KeyError for an open_clip tower)."""
+    import clipcore
+    from clipcore.eval import main as eval_main
     for k, name in enumerate(["cat", "dog"]):
         (tmp_path / "data" / name).mkdir(parents=True)
         for i in range(2):
             Image.fromarray(np.full((16, 16, 3), 80 * k + 20 * i, np.uint8)).save(tmp_path / "data" / name / f"{i}.png")
-    out = train(TrainConfig(logs=str(tmp_path), name="oc", model=f"open_clip:{NAME}", train_data=str(tmp_path / "data"),
+    data = str(tmp_path / "data")
+    out = train(TrainConfig(logs=str(tmp_path), name="oc", model=f"open_clip:{SMALL}", train_data=data,
                             batch_size=4, max_steps=1, warmup=1, log_every=1))
     assert len(out["losses"]) == 1 and out["losses"][0] > 0
-    model, tokenizer, ckpt = ckpt_io.load_model(tmp_path / "oc" / "checkpoints" / "latest.pt")
-    assert isinstance(model, OpenCLIP) and ckpt["open_clip_model"] == NAME
+    base = tmp_path / "oc" / "checkpoints" / "latest.pt"
+    model, tokenizer, ckpt = ckpt_io.load_model(base)
+    assert isinstance(model, OpenCLIP) and ckpt["open_clip_model"] == SMALL
+    assert ckpt["tokenizer"] == {"kind": "open_clip", "name": SMALL, "context_length": 77}
+    assert ckpt["preprocess"]["image_size"] == 224 and ckpt["preprocess"]["interpolation"] == "bicubic"
     assert model.encode_text(tokenizer(["a cat."])).shape[-1] == model.encode_image(torch.zeros(1, 3, 224, 224)).shape[-1]
+    assert torch.equal(clipcore.get_tokenizer(str(base))(["a cat."]), tokenizer(["a cat."]))
+    for method, extra in (("reco", dict(options={"k": 2, "heads": 2})), ("arf", dict(options={"mode": "flyp"}))):
+        r = train(TrainConfig(logs=str(tmp_path), name=method, method=method, init=str(base), train_data=data,
+                              batch_size=4, max_steps=1, warmup=1, log_every=1, **extra))
+        assert len(r["losses"]) == 1 and np.isfinite(r["losses"][0])
+    for run in ("oc", "reco", "arf"):
+        eval_main(["--checkpoint", str(tmp_path / run / "checkpoints" / "latest.pt"), "--data", data, "--batch-size", "4"])
+        printed = capsys.readouterr().out
+        m = json.loads(printed[printed.index("{"):])
+        assert 0 <= m["acc1"] <= 1 and "acc5" not in m, run                 # 2 classes: no top-5
+        assert run != "reco" or 0 <= m["base/acc1"] <= 1                     # RECO: refined and frozen base

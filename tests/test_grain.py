@@ -205,7 +205,11 @@ def test_build_trains_a_step_and_evaluates_on_a_small_partworld():
         save_atomic({"model": task.model.state_dict(), "method": "grain", "train_config": dataclasses.asdict(cfg),
                      **task.meta}, path)
         model, tokenizer, ckpt = load_model(path)
+        from clipcore.eval import evaluate_checkpoint   # the held-out PartWorld regenerated, every mode reported
+        ev = evaluate_checkpoint(path)
     assert isinstance(model, grain.GrainModel) and ckpt["method"] == "grain"
+    assert ckpt["preprocess"]["resize_mode"] == "whole" and ev["primary"] == "all/name+desc/acc"
+    assert ev["all/name/acc"] == m["all/name/acc"] and ev["all/fusion0.5/acc"] == m["all/fusion0.5/acc"]
     x = batch.images[:2]
     task.model.eval()
     with torch.no_grad():

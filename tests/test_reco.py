@@ -176,6 +176,7 @@ def test_cli_plugin_end_to_end(tmp_path):
         opt.zero_grad(); loss.backward(); opt.step()
     out = task.evaluate("test")
     assert 0 <= out["acc1"] <= 1 and "image_retrieval_recall@1" in out and out["memory_removed"] >= 0
+    assert 0 <= out["base/acc1"] <= 1 and "base/acc1" not in task.evaluate("val")   # the frozen base, held-out only
     path = tmp_path / "reco.pt"
     save_atomic({"model": task.model.state_dict(), "method": "reco", "train_config": dataclasses.asdict(tc),
                  **task.meta}, path)
@@ -184,6 +185,13 @@ def test_cli_plugin_end_to_end(tmp_path):
     x = torch.randn(3, 1, 16, 16)
     with torch.no_grad():
         torch.testing.assert_close(model.encode_image(x), task.model.encode_image(x))
+    assert task.meta["base"]["model_config"] == dataclasses.asdict(cfg) and task.meta["preprocess"]["image_size"] == 16
+    legacy = {k: v for k, v in task.meta.items() if k not in ("base", "preprocess")}   # written before "base"
+    save_atomic({"model": task.model.state_dict(), "method": "reco", "train_config": dataclasses.asdict(tc),
+                 **legacy, "base_model_config": dataclasses.asdict(cfg)}, tmp_path / "old.pt")
+    old, _ = load_reco(tmp_path / "old.pt", memory=task.model.memory)
+    with torch.no_grad():
+        torch.testing.assert_close(old.encode_image(x), task.model.encode_image(x))
     model, _, ckpt = load_model(path)        # what clipcore.eval does: the memory re-embedded from train_config
     assert isinstance(model, RECO) and len(model.memory) == 8000
     with torch.no_grad():

@@ -64,6 +64,20 @@ def test_writer_round_trip(shards, csv_data):
     assert len(set(seen)) == N   # every sample once per epoch
 
 
+def test_a_preprocessing_record_is_applied_to_shards(shards, csv_data):
+    """ShardSource(preprocess=) (an --init checkpoint's record) reads images as the CSV read with the same record."""
+    from clipcore.data import load_dataset
+    from clipcore.images import PreprocessCfg
+    cfg = PreprocessCfg(8, 3, (0.5,) * 3, (0.5,) * 3, "bilinear", "whole")
+    src = ShardSource(_pattern(shards), image_size=32, seed=0, shuffle_buffer=0, preprocess=cfg)
+    assert src.preprocess_cfg == cfg
+    images, tokens, _ = next(iter(src.loader(build_tokenizer("bpe", 16), 48, epoch=0)))
+    ds = load_dataset(csv_data, preprocess=cfg)
+    want = {tuple(t): ds[i][0] for i, t in enumerate(build_tokenizer("bpe", 16)(ds.captions).tolist())}
+    for x, t in zip(images, tokens.tolist()):
+        torch.testing.assert_close(x, want[tuple(t)])
+
+
 def test_ranks_and_workers_split_without_overlap_and_resume_exactly(shards):
     tok = build_tokenizer("bpe", 16)
     src = ShardSource(_pattern(shards), image_size=8, seed=3)

@@ -42,8 +42,8 @@ class Task:
     step            batch -> (scalar loss, {name: float} to log); runs the forward pass under the loop's autocast
     evaluate        split name ("val" or "test") -> {metric: float}, "acc1" first when there is one; None: no eval
     eval_splits     which of "val"/"test" exist (val after each epoch, test at the end)
-    meta            extra checkpoint entries, e.g. {"model_config": ..., "tokenizer": ...} so the result loads
-                    with :func:`clipcore.checkpoint.load_model` when the model is a CLIP
+    meta            extra checkpoint entries, e.g. {"model_config": ..., "tokenizer": ..., "preprocess": ...} so the
+                    result loads with :func:`clipcore.checkpoint.load_model` and reads images as it was trained
 
     Optional, for exact gradient accumulation (``--accum-freq K``, GradCache) and the global-batch loss under
     torchrun (``step`` is then ``loss_from_embeddings(*embed(batch))``):
@@ -98,12 +98,19 @@ def trainable_parameters(model: torch.nn.Module) -> int:
 
 def load_init(cfg, device, why: str) -> tuple[torch.nn.Module, object, dict, dict]:
     """The pretrained model a method starts from (``--init``) -> (model, tokenizer, checkpoint, data_kw), data_kw
-    the ``clipcore.data.load_dataset`` keywords that fit its image tower. ``why``: the error when --init is missing."""
-    from clipcore.checkpoint import load_model
+    the ``clipcore.data.load_dataset`` keywords that read images as that model was trained on them (its
+    checkpoint's preprocessing record, :func:`clipcore.checkpoint.preprocess_of`; any encoder, open_clip's
+    included). ``why``: the error when --init is missing."""
+    from clipcore.checkpoint import load_model, preprocess_of
     if not cfg.init:
         raise ConfigError(why)
     model, tokenizer, ckpt = load_model(cfg.init, device)
-    vis = model.cfg.vision
-    return model, tokenizer, ckpt, dict(image_size=vis.image_size, in_channels=vis.in_channels, seed=cfg.seed,
-                                        skip_bad=cfg.skip_bad)
+    return model, tokenizer, ckpt, dict(preprocess=preprocess_of(ckpt, model), seed=cfg.seed, skip_bad=cfg.skip_bad)
 
+
+def base_meta(ckpt: dict, data_kw: dict) -> dict:
+    """Checkpoint entries of a method built on ``--init`` that rebuild its base model
+    (:func:`clipcore.checkpoint.model_from_meta`) and read images as it did: model config or open_clip name,
+    tokenizer, preprocessing."""
+    from clipcore.checkpoint import MODEL_KEYS
+    return {**{k: ckpt[k] for k in MODEL_KEYS if k in ckpt}, "preprocess": data_kw["preprocess"].to_dict()}

@@ -35,7 +35,7 @@ from torch import Tensor, nn
 
 from clipcore.errors import ConfigError
 from clipcore.losses import contrastive_loss
-from clipcore.methods import Task, load_init
+from clipcore.methods import Task, base_meta, load_init
 from clipcore.methods.arf_data import Pairs, random_word_captions, read_captions, read_pool  # noqa: F401 (re-exported)
 
 MODES = ("ft", "lpft", "flyp", "arf")
@@ -145,6 +145,9 @@ class Finetuner(nn.Module):
         self.clip = clip
         self.head = nn.Parameter(zs_head.clone()) if zs_head is not None else None
         self.head_scale = head_scale
+
+    def input_size(self) -> tuple[int, int]:
+        return self.clip.input_size()
 
     def encode_image(self, x: Tensor, normalize: bool = True) -> Tensor:
         return self.clip.encode_image(x, normalize=normalize)
@@ -438,7 +441,7 @@ def build(cfg, mcfg: Config, device: torch.device):
                     pool=pool, evaluate=evaluate if splits else None,
                     eval_splits=tuple(splits) + (("test",) if splits and "test" not in splits else ()))
     holder["task"] = task
-    task.meta = {"model_config": ckpt["model_config"], "tokenizer": ckpt.get("tokenizer"), "model_prefix": "clip.",
+    task.meta = {**base_meta(ckpt, kw), "model_prefix": "clip.",
                  "arf_anchors": None if task.anchors is None else {k: v.cpu() for k, v in task.anchors.items()}}
     task.held_out = "test split" if "test" in splits else "val data"
     return task

@@ -65,7 +65,8 @@ def read_captions(path: str | Path, image_paths: Sequence[Path]) -> list[list[st
 
 def read_pool(path: str | Path, **data_kw):
     """The candidate pool: anything clipcore.data.load_dataset reads, or JSON lines ``{"image", "caption"}``."""
-    from clipcore.data import CLIP_MEAN, CLIP_STD, ImageTextDataset, load_dataset
+    from clipcore.data import ImageTextDataset, load_dataset
+    from clipcore.images import PreprocessCfg
     path = Path(path)
     if path.suffix.lower() != ".jsonl":
         return load_dataset(path, "train", **data_kw)
@@ -83,10 +84,9 @@ def read_pool(path: str | Path, **data_kw):
         if not caps[-1] or not paths[-1].is_file():
             raise DataError(f"{path} line {n}: {'empty caption' if not caps[-1] else f'image {paths[-1]} not found'}")
         rows.append(f"{path} line {n}")
-    rgb = data_kw.get("in_channels", 3) == 3
+    pp = data_kw.get("preprocess") or PreprocessCfg.for_files(data_kw.get("image_size", 32), data_kw.get("in_channels", 3))
     return ImageTextDataset(paths=paths, captions=caps, labels=torch.full((len(paths),), -1), classnames=None,
-                            rows=rows, image_size=data_kw.get("image_size", 32), in_channels=data_kw.get("in_channels", 3),
-                            mean=CLIP_MEAN if rgb else (0.5,), std=CLIP_STD if rgb else (0.5,))
+                            rows=rows, preprocess=pp)
 
 
 def random_word_captions(captions: Sequence[str], seed: int = 0) -> list[str]:

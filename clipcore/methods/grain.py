@@ -32,6 +32,7 @@ from torch import Tensor, nn
 from clipcore import checkpoint as ckpt_io
 from clipcore.annotations import RegionBatch, from_records, load_annotations, region_loader
 from clipcore.errors import ConfigError
+from clipcore.images import PreprocessCfg
 from clipcore.losses import contrastive_loss
 from clipcore.methods import Task, trainable_parameters
 from clipcore.methods.grain_boxes import Match, box_loss, cxcywh_to_xyxy, hungarian_match, match_cost  # noqa: F401
@@ -169,6 +170,10 @@ class GrainModel(nn.Module):
     def _heads(self, h: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         q = self.mcfg.num_region_queries
         return h[:, q] @ self.img_proj, h[:, :q] @ self.obj_proj, self.box_head(h[:, :q]).sigmoid()
+
+    def input_size(self) -> tuple[int, int]:
+        """(image_size, in_channels) the image tower expects."""
+        return self.cfg.vision.image_size, self.cfg.vision.in_channels
 
     def encode_image(self, images: Tensor, normalize: bool = True) -> Tensor:
         g = self(images)["global"]
@@ -318,11 +323,38 @@ def build(cfg, mcfg: Config, device) -> Task:
                                                   start_batch=start, num_workers=cfg.workers, max_regions=q),
         step=step, evaluate=evaluate if test is not None else None, eval_splits=("test",) if test is not None else (),
         meta={"model_config": dataclasses.asdict(model_cfg), "grain_config": dataclasses.asdict(mcfg),
+              "preprocess": preprocess_cfg(s, cfg.train_data is None).to_dict(),
               "tokenizer": tokenizer.state_dict() if hasattr(tokenizer, "state_dict") else None},
         describe=f"{len(train_ds)} annotated images ({'PartWorld, in memory' if cfg.train_data is None else cfg.train_data}), "
                  f"encoders {n_params / 1e6:.2f}M, {trainable_parameters(model) / 1e6:.2f}M trainable{loaded}",
         held_out=f"PartWorld test images, {len(test[1])}" if test is not None else "none",
     )
+
+
+def preprocess_cfg(image_size: int, in_memory: bool) -> PreprocessCfg:
+    """GRAIN's images: RGB, CLIP's mean/std, the whole image resized (boxes stay valid); PartWorld's in-memory
+    images bilinearly (torch), files bicubically (PIL)."""
+    return PreprocessCfg(image_size, 3, interpolation="bilinear" if in_memory else "bicubic", resize_mode="whole")
+
+
+def held_out(ckpt: dict, data: str | None, image_size: int) -> tuple[Tensor, Tensor, Tensor, dict] | None:
+    """What GRAIN's zero-shot evaluation reads: (images (N, 3, S, S), labels (N,), clean parts (N, P, 4), class
+    table). ``data`` None: the held-out set of the checkpoint's training data (its PartWorld regenerated from the
+    recorded seed, or the test.jsonl beside a written PartWorld's annotation file); else a written PartWorld
+    folder (classes.json + test.jsonl) or a test.jsonl beside a classes.json. None when there is no class table."""
+    tc, mcfg = ckpt.get("train_config") or {}, Config(**ckpt["grain_config"])
+    if data is None and tc.get("train_data") is None:
+        seed = tc.get("seed", 0) if mcfg.world_seed < 0 else mcfg.world_seed
+        _, _, te, table = _partworld(seed, mcfg.world_train, mcfg.world_test_per_class, image_size)
+        ds = from_records(te.records, te.images, image_size=image_size)
+        return ds.all_images(), ds.labels, torch.from_numpy(te.parts).float(), table
+    path = Path(data if data is not None else tc["train_data"])
+    if data is not None and not path.is_dir() and path.suffix != ".jsonl":
+        return None
+    root, test = (path, path / "test.jsonl") if path.is_dir() else (path.parent, path if data is not None else path.parent / "test.jsonl")
+    if not ((root / "classes.json").is_file() and test.is_file()):
+        return None
+    return (*_load_test(test, image_size), json.loads((root / "classes.json").read_text()))
 
 
 def _load_test(path: Path, image_size: int) -> tuple[Tensor, Tensor, Tensor]:

@@ -33,7 +33,7 @@ from torch import Tensor, nn
 from clipcore.errors import ConfigError
 from clipcore.losses import contrastive_loss
 from clipcore.memory import MemoryBank, build_memory
-from clipcore.methods import Task, load_init
+from clipcore.methods import Task, base_meta, load_init
 from clipcore.models import Block, _init_transformer, num_params
 
 MODES = ("uni", "cross")
@@ -179,6 +179,10 @@ class RECO(nn.Module):
 
     def logit_scale_value(self) -> Tensor:
         return self.logit_scale.clamp(max=math.log(100.0)).exp()
+
+    def input_size(self) -> tuple[int, int]:
+        """(image_size, in_channels) of the frozen base's image tower."""
+        return self.base.input_size()
 
     def neighbours(self, u: Tensor, query: str, *, memory: MemoryBank | None = None, exclude_ids: Tensor | None = None,
                    max_score: float | None = None) -> Tensor:
@@ -336,9 +340,12 @@ def build(cfg, mcfg: Config, device: torch.device) -> Task:
             model.memory, removed = memory.dedup_against(encode_images(base, batches, device=device), mcfg.dedup)
             out["memory_removed"] = float(removed)
         try:
-            return {**evaluate_model(model, tokenizer, ds, device=device, retrieval=split == "test"), **out}
+            out = {**evaluate_model(model, tokenizer, ds, device=device, retrieval=split == "test"), **out}
         finally:
             model.memory = memory
+        if split == "test":                  # every zero-shot mode: the refined (primary) and the frozen base's
+            out.update({f"base/{k}": v for k, v in evaluate_model(base, tokenizer, ds, device=device).items()})
+        return out
 
     src = mcfg.memory or "base embeddings of the training split"
     describe = (f"{len(train_ds)} train pairs; memory {len(memory)} pairs ({src}), training memory {len(train_memory)}; "
@@ -346,8 +353,8 @@ def build(cfg, mcfg: Config, device: torch.device) -> Task:
     return make_task(model, pairs, batch_size=cfg.batch_size, seed=cfg.seed, evaluate=evaluate if splits else None,
                      eval_splits=tuple(splits) + (("test",) if "test" not in splits and splits else ()),
                      meta={"reco_config": dataclasses.asdict(mcfg), "base_checkpoint": str(cfg.init),
-                           "base_model_config": ckpt["model_config"], "tokenizer": ckpt.get("tokenizer"),
-                           "memory_meta": memory.meta},
+                           "base": base_meta(ckpt, data_kw), "tokenizer": ckpt.get("tokenizer"),
+                           "preprocess": data_kw["preprocess"].to_dict(), "memory_meta": memory.meta},
                      describe=describe, held_out=f"test split, {len(splits['test'])} images" if "test" in splits else "val data")
 
 
@@ -357,26 +364,36 @@ def load_reco(path: str, memory: MemoryBank | str | None = None, device: str | t
     pass a bank or a path; by default the saved ``memory`` option, else the base's embeddings of the training
     split recorded in the checkpoint's train_config (recomputed). ``ckpt``: the checkpoint already read from
     ``path`` (not read again)."""
-    from clipcore.checkpoint import load, tokenizer_for
+    from clipcore.checkpoint import load, model_from_meta, preprocess_of
     from clipcore.data import load_dataset
-    from clipcore.models import CLIP, config_from_dict
 
     ckpt = ckpt if ckpt is not None else load(path)
     if "reco_config" not in ckpt:
         raise ConfigError(f"{path} is not a --method reco checkpoint (no reco_config); load CLIPs with "
                          "clipcore.checkpoint.load_model")
-    base = CLIP(config_from_dict(ckpt["base_model_config"]))
-    tokenizer = tokenizer_for(base.cfg, ckpt.get("tokenizer"))
+    # the frozen base: "base" (any encoder); older checkpoints: a clipcore CLIP's "base_model_config"
+    base_meta_ = ckpt.get("base") or {"model_config": ckpt["base_model_config"], "tokenizer": ckpt.get("tokenizer")}
+    base, tokenizer = model_from_meta(base_meta_)
     mcfg = Config(**ckpt["reco_config"])
     memory = memory or mcfg.memory or None
     if isinstance(memory, str):
         memory = MemoryBank.load(memory)
-    model = RECO(base, memory, mcfg, dim=base.cfg.embed_dim)
+    model = RECO(base, memory, mcfg, dim=None if memory is not None else _embed_dim(base))
     model.load_state_dict(ckpt["model"])
     model = model.to(device).eval()
     if memory is None:                              # recompute the base's embeddings of the training split
-        tc, vis = ckpt["train_config"], base.cfg.vision
-        ds = load_dataset(tc["train_data"], "train", image_size=vis.image_size, in_channels=vis.in_channels, seed=tc["seed"])
+        tc = ckpt["train_config"]
+        ds = load_dataset(tc["train_data"], "train", preprocess=preprocess_of(ckpt, model), seed=tc["seed"])
         memory = build_memory(model.base, ds, tokenizer, device=device)
     model.memory = memory.to(device)
     return model, tokenizer
+
+
+def _embed_dim(model: nn.Module) -> int:
+    """The embedding width of any encoder (a CLIP's config, else one text embedding)."""
+    cfg = getattr(model, "cfg", None)
+    if cfg is not None and hasattr(cfg, "embed_dim"):
+        return cfg.embed_dim
+    tok = getattr(model, "tokenizer", None)
+    with torch.no_grad():
+        return model.encode_text(tok(["a"])).shape[-1]
