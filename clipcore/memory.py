@@ -314,7 +314,10 @@ CLI_DOC = """Build or inspect a memory bank file (RECO's --reco-memory).
     python -m clipcore.memory info mem.safetensors
 
 build embeds every (image, caption) pair of --data with the checkpoint's frozen towers, on its image size and
-channels, and saves the bank (.safetensors, or .npz by suffix); info prints its size, width, labels and metadata."""
+channels, and saves the bank (.safetensors, or .npz by suffix); info prints its size, width, labels and metadata.
+RECO excludes a training query's own pair only from its default memory (the base's embeddings of --train-data): a
+bank built here from the training pairs themselves would let each query retrieve its own pair, so build it from
+other pairs."""
 
 
 def _build_cli(a) -> MemoryBank:
