@@ -90,13 +90,14 @@ def plain(text: str) -> str:
 
 
 def _base_type(hint: Any) -> Any:
-    """int for ``int | None``, the Literal itself for a Literal; str when unsure."""
-    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    """The flag's type from a field's annotation: ``int | None`` -> int, a Literal stays itself (its values are the
+    choices), anything else that is not int, float or bool -> str."""
     if typing.get_origin(hint) is Literal:
         return hint
-    if args and typing.get_origin(hint) is not Literal and len(args) == 1:
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if len(args) == 1:                     # X | None
         return _base_type(args[0])
-    return hint if hint in (int, float, bool, str) else str
+    return hint if hint in (int, float, bool) else str
 
 
 def add_config_flags(p: argparse.ArgumentParser, cls: type, *, prefix: str = "", title: str | None = None,

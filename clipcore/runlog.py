@@ -180,6 +180,35 @@ class Metrics:
         plot_losses(self.path, self.out / "loss.png", title=self.out.name)
 
 
+def summary(out: Path, ckpt: Path, step: int, epoch: int, epochs: int, max_steps: int, losses: list[float],
+            epoch_losses: list[float], resumed_at: int | None, how: str, held_out: dict | None, what: str,
+            seconds: float, signum: int | None = None) -> None:
+    """Print the closing lines of a clipcore.train run (``how``: completed, max_steps, signal or error; ``epoch``
+    0-based unless completed): how it stopped, steps, the last epoch's mean loss, the held-out result (or why
+    there is none), the checkpoint and, when resumed, the step it continued from."""
+    stopped = {"completed": "completed", "max_steps": f"stopped by --max-steps {max_steps}",
+               "signal": f"stopped by {signal.Signals(signum).name if signum else 'a signal'}",
+               "error": "stopped by an error (below)"}[how]
+    lines = [f"run {out.name}: {stopped} at step {step} (epoch {min(epoch + 1, epochs) if how != 'completed' else epoch}"
+             f"/{epochs}) after {seconds:.0f} s" + (f"; resumed at step {resumed_at}" if resumed_at is not None else "")]
+    if epoch_losses:
+        lines.append(f"  loss: {sum(epoch_losses) / len(epoch_losses):.4f} (mean of the last epoch's {len(epoch_losses)} steps"
+                     + (" this session" if resumed_at else "") + f"; last step {losses[-1]:.4f})")
+    if held_out:
+        metrics = ", ".join(f"{k} {v:.4f}" for k, v in list(held_out.items())[:4])
+        lines.append(f"  held-out ({what}): " + (f"zero-shot top-1 {held_out['acc1']:.4f}"
+                     + (f", top-5 {held_out['acc5']:.4f}" if "acc5" in held_out else "") if "acc1" in held_out else metrics))
+    elif not what:
+        lines.append("  held-out: no validation data (pass --val-data, or evaluate the checkpoint with python -m clipcore.eval)")
+    elif how != "completed":
+        lines.append(f"  held-out ({what}): not evaluated, the run did not finish (python -m clipcore.eval scores the checkpoint)")
+    saved = ckpt.exists()
+    lines.append(f"  checkpoint: {ckpt}" if saved else "  checkpoint: none saved")
+    if how in ("signal", "max_steps", "error") and saved:
+        lines.append("  continue with --resume latest (same flags)" + (" and a larger --max-steps" if how == "max_steps" else ""))
+    print("\n".join(lines), flush=True)
+
+
 def _step_at_most(line: str, step: int | None) -> bool:
     try:
         row = json.loads(line)

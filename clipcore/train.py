@@ -45,7 +45,7 @@ from clipcore.evaluate import evaluate_model
 from clipcore.losses import LOSSES, REG_PAIRS, make_loss
 from clipcore.methods import Task, available, get_method, method_config, trainable_parameters
 from clipcore.models import CLIP, get_config
-from clipcore.runlog import Metrics, StopSignals, claim, elapsed_bar
+from clipcore.runlog import Metrics, StopSignals, claim, elapsed_bar, summary
 
 
 @dataclass
@@ -313,34 +313,6 @@ def build_task(cfg: TrainConfig, device: torch.device) -> Task:
 
 
 # ----------------------------------------------------------------------------- loop
-def summary(out: Path, ckpt: Path, step: int, epoch: int, epochs: int, cfg: TrainConfig, losses: list[float],
-            epoch_losses: list[float], resumed_at: int | None, how: str, held_out: dict | None, what: str,
-            seconds: float, signum: int | None = None) -> None:
-    """The closing lines of a run: how it stopped, steps, the last epoch's mean loss, the held-out result (or why
-    there is none), the checkpoint and, when resumed, the step it continued from."""
-    stopped = {"completed": "completed", "max_steps": f"stopped by --max-steps {cfg.max_steps}",
-               "signal": f"stopped by {signal.Signals(signum).name if signum else 'a signal'}",
-               "error": "stopped by an error (below)"}[how]
-    lines = [f"run {out.name}: {stopped} at step {step} (epoch {min(epoch + 1, epochs) if how != 'completed' else epoch}"
-             f"/{epochs}) after {seconds:.0f} s" + (f"; resumed at step {resumed_at}" if resumed_at is not None else "")]
-    if epoch_losses:
-        lines.append(f"  loss: {np.mean(epoch_losses):.4f} (mean of the last epoch's {len(epoch_losses)} steps"
-                     + (" this session" if resumed_at else "") + f"; last step {losses[-1]:.4f})")
-    if held_out:
-        metrics = ", ".join(f"{k} {v:.4f}" for k, v in list(held_out.items())[:4])
-        lines.append(f"  held-out ({what}): " + (f"zero-shot top-1 {held_out['acc1']:.4f}"
-                     + (f", top-5 {held_out['acc5']:.4f}" if "acc5" in held_out else "") if "acc1" in held_out else metrics))
-    elif not what:
-        lines.append("  held-out: no validation data (pass --val-data, or evaluate the checkpoint with python -m clipcore.eval)")
-    elif how != "completed":
-        lines.append(f"  held-out ({what}): not evaluated, the run did not finish (python -m clipcore.eval scores the checkpoint)")
-    saved = ckpt.exists()
-    lines.append(f"  checkpoint: {ckpt}" if saved else "  checkpoint: none saved")
-    if how in ("signal", "max_steps", "error") and saved:
-        lines.append("  continue with --resume latest (same flags)" + (" and a larger --max-steps" if how == "max_steps" else ""))
-    print("\n".join(lines), flush=True)
-
-
 def train(cfg: TrainConfig, task: Task | None = None) -> dict:
     """Run training; return the final held-out metrics (and ``run_dir``, ``losses``, ``stopped_by`` when a signal
     stopped it). Under torchrun every rank runs this; rank 0 alone locks the run folder, logs, evaluates and
@@ -389,7 +361,8 @@ def _train(cfg: TrainConfig, task: Task | None, dd, out: Path, signals: StopSign
         ckpt_io.restore(state, cfg, dd.world, model, opt, sched, scaler, streamed=dataset_type(cfg) == "webdataset")
         step, epoch, start_batch = state["step"], state["epoch"], state["batch"]
         if main:
-            print(f"resumed from {state['loaded_from']} at step {step} (epoch {epoch + 1}, batch {start_batch})")
+            print(f"resumed from {state['loaded_from']} at step {step} "
+                  + (f"(epoch {epoch + 1}, batch {start_batch})" if epoch < epochs else "(all epochs done)"))
     resumed_at = step if cfg.resume else None
     log = Metrics(out, resume_step=resumed_at, tensorboard=cfg.report_to == "tensorboard") if main else None
     saved_at, pos = step, start_batch    # the step of the last checkpoint; the batches of this epoch done
@@ -436,7 +409,7 @@ def _train(cfg: TrainConfig, task: Task | None, dd, out: Path, signals: StopSign
               f"warm-up {warmup} steps ({warmup_why}), precision {precision}"
               + (f" (--precision {cfg.precision})" if precision != cfg.precision else "") + f", device {device}"
               + (f", {dd.world} processes" if dd.world > 1 else ""))
-    t0, losses, stop, held_out, how = time.time(), [], False, None, "error"
+    t0, losses, epoch_losses, stop, held_out, how = time.time(), [], [], False, None, "error"
     try:
         while epoch < epochs and not stop:
             model.train()
@@ -486,8 +459,8 @@ def _train(cfg: TrainConfig, task: Task | None, dd, out: Path, signals: StopSign
         how = ("signal" if signals.signum is not None else "max_steps") if stop else "completed"
     finally:
         if main and how == "error":     # the error itself follows (one line for a UserError, else its traceback)
-            summary(out, ckpt_path, step, epoch, epochs, cfg, losses, epoch_losses if losses else [], resumed_at, how,
-                    None, "", time.time() - t0)
+            summary(out, ckpt_path, step, epoch, epochs, cfg.max_steps, losses, epoch_losses,
+                    resumed_at, how, None, "", time.time() - t0)
             log.close()
 
     result = {"run_dir": str(out), "steps": step, "seconds": time.time() - t0, "losses": losses, "stopped": how}
@@ -500,7 +473,7 @@ def _train(cfg: TrainConfig, task: Task | None, dd, out: Path, signals: StopSign
     if how == "completed" and held_out is not None:
         result.update(held_out)
     if main:
-        summary(out, ckpt_path, step, epoch, epochs, cfg, losses, epoch_losses, resumed_at, how,
+        summary(out, ckpt_path, step, epoch, epochs, cfg.max_steps, losses, epoch_losses, resumed_at, how,
                 held_out if how == "completed" else None, task.held_out if task.eval_splits else "",
                 time.time() - t0, signals.signum)
     if main:
