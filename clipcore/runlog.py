@@ -156,14 +156,7 @@ class Metrics:
             if len(keep) != len(lines):
                 tmp = self.path.with_name(f"metrics.jsonl.{os.getpid()}.tmp")
                 tmp.write_text("".join(keep)); os.replace(tmp, self.path)
-        self.tb = None
-        if tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError:
-                raise UserError("--report-to tensorboard: the tensorboard package is not installed "
-                                "(pip install tensorboard), or use --report-to none") from None
-            self.tb = SummaryWriter(str(out / "tensorboard"))
+        self.tb = summary_writer()(str(out / "tensorboard")) if tensorboard else None
         self.f = open(self.path, "a")
 
     def write(self, row: dict) -> None:
@@ -207,6 +200,16 @@ def summary(out: Path, ckpt: Path, step: int, epoch: int, epochs: int, max_steps
     if how in ("signal", "max_steps", "error") and saved:
         lines.append("  continue with --resume latest (same flags)" + (" and a larger --max-steps" if how == "max_steps" else ""))
     print("\n".join(lines), flush=True)
+
+
+def summary_writer():
+    """TensorBoard's SummaryWriter class; a UserError when the tensorboard package is not installed."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise UserError("--report-to tensorboard: the tensorboard package is not installed (pip install "
+                        "tensorboard), or use --report-to none") from None
+    return SummaryWriter
 
 
 def _step_at_most(line: str, step: int | None) -> bool:

@@ -45,7 +45,7 @@ from clipcore.evaluate import evaluate_model
 from clipcore.losses import LOSSES, REG_PAIRS, make_loss
 from clipcore.methods import Task, available, get_method, method_config, trainable_parameters
 from clipcore.models import CLIP, get_config
-from clipcore.runlog import Metrics, StopSignals, claim, elapsed_bar, summary
+from clipcore.runlog import Metrics, StopSignals, claim, elapsed_bar, summary, summary_writer
 
 
 @dataclass
@@ -111,6 +111,8 @@ def check_config(cfg: TrainConfig) -> None:
         value = getattr(cfg, name)
         if value is not None and not value >= least:   # also catches NaN; None: a default decided later
             raise ConfigError(f"--{name.replace('_', '-')} {value}: must be at least {least}")
+    if cfg.report_to == "tensorboard":
+        summary_writer()      # fails now, not after the data are loaded
     if cfg.device.startswith("cuda"):
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         index = cfg.device.partition(":")[2]

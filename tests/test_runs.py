@@ -105,7 +105,10 @@ def test_tensorboard_tags_and_report_to(tmp_path, monkeypatch):
     assert ("val/acc1", 5) in calls and ("epoch", 5) not in calls
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)     # import fails
     with pytest.raises(UserError, match="--report-to tensorboard: the tensorboard package is not installed"):
+        parse_args(["--report-to", "tensorboard"])          # at start, before any data is read
+    with pytest.raises(UserError, match="--report-to tensorboard: the tensorboard package is not installed"):
         train(TrainConfig(logs=str(tmp_path), name="tb2", max_steps=1, report_to="tensorboard", **FAST))
+    assert not (tmp_path / "tb2").exists()
 
 
 def test_plot_keeps_the_pyplot_backend_and_figures(tmp_path):
