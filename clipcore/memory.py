@@ -304,3 +304,82 @@ def build_memory(model, dataset, tokenizer=None, *, batch_size: int = 512, devic
         raise ValueError("build_memory got an empty dataset")
     info = {"encoder": type(model).__name__, "source": type(dataset).__name__, **(meta or {})}
     return MemoryBank(torch.cat(img), torch.cat(txt), ids, torch.cat(labels), info)
+
+
+# ----------------------------------------------------------------------------- CLI
+CLI_DOC = """Build or inspect a memory bank file (RECO's --reco-memory).
+
+    python -m clipcore.memory build --checkpoint base.pt --data pairs.csv --out mem.safetensors
+    python -m clipcore.memory build --checkpoint base.pt --out mem.safetensors     # the embedded data's train split
+    python -m clipcore.memory info mem.safetensors
+
+build embeds every (image, caption) pair of --data with the checkpoint's frozen towers, on its image size and
+channels, and saves the bank (.safetensors, or .npz by suffix); info prints its size, width, labels and metadata.
+RECO excludes a training query's own pair only from its default memory (the base's embeddings of --train-data): a
+bank built here from the training pairs themselves would let each query retrieve its own pair, so build it from
+other pairs."""
+
+
+def _build_cli(a) -> MemoryBank:
+    from types import SimpleNamespace
+
+    from clipcore.data import load_dataset
+    from clipcore.methods import load_init
+    device = torch.device("cuda" if a.device == "auto" and torch.cuda.is_available() else
+                          "cpu" if a.device == "auto" else a.device)
+    model, tokenizer, _, data_kw = load_init(SimpleNamespace(init=a.checkpoint, seed=a.seed, skip_bad=a.skip_bad),
+                                             device, "--checkpoint is required")
+    ds = load_dataset(a.data, a.split, **data_kw)
+    source = a.data or f"animal-mnist {a.split}"
+    bank = build_memory(model, ds, tokenizer, batch_size=a.batch_size, device=device,
+                        meta={"encoder": str(a.checkpoint), "source": str(source), "seed": a.seed})
+    return bank
+
+
+def _info(bank: MemoryBank, path: str) -> str:
+    known = int((bank.labels >= 0).sum())
+    classes = len(torch.unique(bank.labels[bank.labels >= 0]))
+    lines = [f"{path}: {len(bank)} pairs x {bank.dim} dims (image and text embeddings, unit norm), "
+             f"{known} labelled ({classes} classes)" if known else f"{path}: {len(bank)} pairs x {bank.dim} dims, no labels"]
+    lines += [f"  {k}: {json.dumps(v)}" for k, v in bank.meta.items() if k not in ("size", "dim")]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    from clipcore.errors import cli
+    from clipcore.flags import Parser
+
+    @cli
+    def run(argv):
+        import argparse
+        p = Parser(prog="python -m clipcore.memory", description=CLI_DOC,
+                   formatter_class=argparse.RawDescriptionHelpFormatter)
+        sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
+        b = sub.add_parser("build", help="embed image-text pairs with a checkpoint's frozen towers and save the bank")
+        b.add_argument("--checkpoint", required=True, help="the CLIP whose towers embed the pairs (RECO: its --init)")
+        b.add_argument("--data", default=None, help="CSV/TSV or image folder (default: the embedded animal-mnist)")
+        b.add_argument("--split", default="train", choices=("train", "val", "test", "all"),
+                       help="split of the embedded data (files and folders are used whole) (default: train)")
+        b.add_argument("--out", required=True, help="the bank file: .safetensors, or .npz")
+        b.add_argument("--batch-size", type=int, default=512, help="pairs embedded at once (default: 512)")
+        b.add_argument("--device", default="auto", help="auto (cuda when available) | cpu | cuda (default: auto)")
+        b.add_argument("--seed", type=int, default=0, help="draws template captions of labelled data (default: 0)")
+        b.add_argument("--skip-bad", action="store_true", help="skip unreadable rows instead of stopping")
+        i = sub.add_parser("info", help="print a bank's size, width, labels and metadata")
+        i.add_argument("path")
+        a = p.parse_args(argv)
+        if a.command == "info":
+            print(_info(MemoryBank.load(a.path), a.path))
+            return
+        if a.batch_size < 1:
+            raise ConfigError(f"--batch-size {a.batch_size}: must be at least 1")
+        if Path(a.out).suffix not in (".safetensors", ".npz"):
+            raise ConfigError(f"--out {a.out}: name it .safetensors (or .npz)")
+        path = _build_cli(a).save(a.out)
+        print(_info(MemoryBank.load(path), str(path)))
+
+    run(argv)
+
+
+if __name__ == "__main__":
+    main()

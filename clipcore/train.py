@@ -22,12 +22,14 @@ import argparse
 import dataclasses
 import math
 import random
+import re
 import signal
 import sys
 import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -38,20 +40,24 @@ from clipcore import checkpoint as ckpt_io
 from clipcore import distributed
 from clipcore.data import DataError, load_dataset, make_loader
 from clipcore.errors import ConfigError, UserError, cli
+from clipcore.flags import Parser, add_config_flags
 from clipcore.evaluate import evaluate_model
 from clipcore.images import PreprocessCfg
 from clipcore.losses import LOSSES, REG_PAIRS, make_loss
 from clipcore.methods import Task, available, get_method, method_config, trainable_parameters
 from clipcore.models import CLIP, get_config
-from clipcore.runlog import Metrics, StopSignals, claim
+from clipcore.runlog import Metrics, StopSignals, claim, elapsed_bar, summary, summary_writer
 
 
 @dataclass
 class TrainConfig:
     # data
     train_data: str | None = None    # None: embedded animal-mnist (train split); a .csv/.tsv; an image folder; shards
-    dataset_type: str = "auto"       # auto (.tar in the name: webdataset) | csv | folder | webdataset
-    val_data: str | None = None      # None: the default's val split when training on it, else no validation
+    dataset_type: Literal["auto", "csv", "folder", "webdataset"] = "auto"  # auto: webdataset when the name has .tar
+    val_data: str | None = None      # CSV/TSV or folder scored after every epoch; default: the embedded data's val split when training on it, else none
+    csv_img_key: str | None = None   # CSV column of the image paths (open_clip's flag); default: filepath
+    csv_caption_key: str | None = None  # CSV column of the captions (open_clip's flag); default: caption, else title
+    csv_separator: str | None = None  # open_clip's flag; clipcore reads ',' from .csv and a tab from .tsv, and refuses another
     skip_bad: bool = False           # skip unreadable rows / empty captions instead of stopping (reports the count)
     workers: int = 0                 # DataLoader worker processes (file-backed data benefits; in-memory needs none)
     # method, model and loss
@@ -61,33 +67,34 @@ class TrainConfig:
     model: str = "tiny"              # a preset (clipcore.models.PRESETS) or open_clip:NAME (clipcore.adapters)
     pretrained: str | None = None    # weights for --model from disk: open_clip .pt/.bin or clipcore .safetensors
     loss: str = "multipos"           # multipos = clip when no two pairs share a label/caption
-    loss_impl: str = "fused"         # fused: tiled, never the B x B logits (clipcore.fused) | naive: materialised
-    loss_kernel: str = "torch"       # fused loss: torch tiles (inductor on CUDA) | triton (clipcore.fused_triton, GPU-unmeasured)
-    reg_lambda: float = 0.1          # reg loss: weight of the positive-pair penalty (theory.md section 6)
-    reg_pairs: str = "pos"
+    loss_impl: Literal["fused", "naive"] = "fused"  # fused: tiled, never the B x B logits (clipcore.fused) | naive: materialised
+    loss_kernel: Literal["torch", "triton"] = "torch"  # fused loss: torch tiles (inductor on CUDA) | triton (clipcore.fused_triton, GPU-unmeasured)
+    reg_lambda: float = 0.1          # reg loss: weight of the pair penalty (README: the theory paper's claims)
+    reg_pairs: str = "pos"           # reg loss: which pairs it penalises (pos: the paper's; the rest are ablations)
     local_loss: bool = True          # torchrun: local rows x all columns (open_clip --local-loss); off: full N x N per rank
     gather_with_grad: bool = True    # torchrun: gather embeddings with gradient (exact); off: open_clip's default
     # optimisation: tuned for tiny on 2 CPU cores (README: accuracy and time of the default run)
     batch_size: int = 256            # the global batch (all ranks together; open_clip's is per GPU)
     accum_freq: int = 1              # split each batch into K chunks, exact full-batch gradient (GradCache)
     grad_checkpointing: bool = False  # recompute transformer blocks in the backward (less memory)
-    epochs: int = 8
-    lr: float = 2e-3
+    epochs: int | None = None        # passes over the training data; default: 8, or on small data as many as make 100 steps
+    lr: float = 2e-3                 # peak learning rate (AdamW, betas 0.9/0.98, eps 1e-6)
     wd: float = 0.1                  # AdamW decay on matrices only: not on biases, norms, logit scale
-    warmup: int = 100                # linear warm-up steps, then cosine to zero
+    warmup: int | None = None        # linear warm-up steps, then cosine to zero; default: min(100, 10 % of the run's steps)
     grad_clip: float = 1.0           # max global grad norm (0: off)
-    precision: str = "fp32"          # fp32 | bf16 | fp16 (autocast; fp16 uses a GradScaler)
+    precision: Literal["fp32", "bf16", "fp16", "amp"] = "fp32"  # autocast dtype (fp16 adds a GradScaler); amp: bf16 on CUDA, fp32 on CPU
     compile: bool = False            # torch.compile the model
-    seed: int = 0
-    device: str = "auto"             # auto: cuda when available
+    seed: int = 0                    # seeds the model's initialisation, the data order and the captions drawn
+    device: str = "auto"             # auto (cuda when available) | cpu | cuda | cuda:N
     # bookkeeping
-    logs: str = "logs"
-    name: str | None = None          # run folder under logs; default from model/data/loss/seed
+    logs: str = "logs"               # folder of run folders (under torchrun spell it --logs-dir: torchrun claims --logs)
+    name: str | None = None          # run folder under --logs; default from model, data, loss and seed
     resume: str | None = None        # "latest" or a checkpoint path; the run continues in that checkpoint's folder
     resume_override: bool = False    # resume although settings differ from the checkpoint's (checkpoint.RESUME_KEYS)
     save_every: int = 0              # also checkpoint every N steps (0: at epoch ends only)
     max_steps: int = 0               # stop after this global step, checkpointing (0: run all epochs)
-    log_every: int = 10
+    log_every: int = 10              # log the loss every N steps (and at step 1 and each epoch's end)
+    report_to: Literal["none", "tensorboard"] = "none"  # also log to TensorBoard: <run>/tensorboard, tags train/... and val/...
 
 
 # smallest allowed value of each numeric flag (checked by check_config, so by the CLI and by train())
@@ -100,11 +107,51 @@ class NonFiniteLoss(UserError, RuntimeError):
 
 
 def check_config(cfg: TrainConfig) -> None:
-    """ConfigError naming the first flag below its minimum (:data:`MINIMUM`)."""
+    """ConfigError naming the first flag below its minimum (:data:`MINIMUM`), or a --device that is not there."""
     for name, least in MINIMUM.items():
         value = getattr(cfg, name)
-        if not value >= least:   # also catches NaN
+        if value is not None and not value >= least:   # also catches NaN; None: a default decided later
             raise ConfigError(f"--{name.replace('_', '-')} {value}: must be at least {least}")
+    if cfg.report_to == "tensorboard":
+        summary_writer()      # fails now, not after the data are loaded
+    if cfg.device.startswith("cuda"):
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        index = cfg.device.partition(":")[2]
+        if count == 0:
+            raise ConfigError(f"--device {cfg.device}: this machine has no usable CUDA device (torch "
+                              f"{torch.__version__} sees none); use --device cpu, or --device auto to take a GPU when "
+                              "there is one")
+        if index and not (index.isdigit() and int(index) < count):
+            raise ConfigError(f"--device {cfg.device}: this machine has CUDA devices 0..{count - 1}")
+
+
+DEFAULT_EPOCHS, MIN_STEPS = 8, 100    # the default run's epochs; the fewest optimiser steps a default run takes
+
+
+def resolve_epochs(cfg: TrainConfig, steps_per_epoch: int) -> tuple[int, str]:
+    """(epochs, how they were chosen): --epochs when given, else 8 -- or, on data so small that 8 epochs are fewer
+    than 100 optimiser steps (1,437 pairs at batch 256: 40 steps, 79 % zero-shot on digits), as many as make 100."""
+    if cfg.epochs is not None:
+        return cfg.epochs, "--epochs"
+    if steps_per_epoch * DEFAULT_EPOCHS >= MIN_STEPS:
+        return DEFAULT_EPOCHS, f"default: {DEFAULT_EPOCHS}"
+    return math.ceil(MIN_STEPS / steps_per_epoch), f"default: {DEFAULT_EPOCHS}, raised to make {MIN_STEPS} steps"
+
+
+def resolve_warmup(cfg: TrainConfig, total: int) -> tuple[int, str]:
+    """(warm-up steps, how they were chosen): --warmup when given, else min(100, 10 % of the run's ``total`` steps)
+    -- a fixed 100 would never end on a small data set (5 steps x 8 epochs)."""
+    if cfg.warmup is not None:
+        return cfg.warmup, "--warmup"
+    return min(100, round(0.1 * total)), f"default: min(100, 10 % of {total})"
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """--precision amp (open_clip's name) -> bf16 autocast on CUDA, fp32 elsewhere (CPU autocast is slower than
+    fp32 on most CPUs, and open_clip's amp does nothing there either); other values as given."""
+    if precision != "amp":
+        return precision
+    return "bf16" if device.type == "cuda" else "fp32"
 
 
 # ----------------------------------------------------------------------------- factories
@@ -135,7 +182,7 @@ def run_dir(cfg: TrainConfig) -> Path:
     named by the flags. Otherwise an existing folder is never reused: a suffix is added."""
     if cfg.resume and cfg.resume != "latest" and Path(cfg.resume).parent.name == "checkpoints":
         return Path(cfg.resume).parent.parent
-    data = Path(cfg.train_data).stem if cfg.train_data else ("partworld" if cfg.method == "grain" else "animal-mnist")
+    data = data_name(cfg.train_data) if cfg.train_data else ("partworld" if cfg.method == "grain" else "animal-mnist")
     what = f"{cfg.model}_{data}_{cfg.loss}" if cfg.method == "clip" else f"{cfg.method}_{data}"
     base = Path(cfg.logs) / (cfg.name or f"{what}_s{cfg.seed}")
     if cfg.resume == "latest":
@@ -150,6 +197,15 @@ def run_dir(cfg: TrainConfig) -> Path:
     while base.with_name(f"{base.name}-{i}").exists():
         i += 1
     return base.with_name(f"{base.name}-{i}")
+
+
+def data_name(source: str) -> str:
+    """The data's part of a run-folder name: the file or folder stem, without shard brace patterns
+    ('shards/tiny_{00000..00003}.tar' -> 'tiny'; 'shards/{0..9}.tar' -> 'shards')."""
+    path = Path(source.split("::")[0])
+    name = re.sub(r"\.(tar|csv|tsv|jsonl|json)$", "", path.name)
+    stem = re.sub(r"[_\-.]*\{[^}]*\}[_\-.]*", "_", name).strip("_-.")
+    return stem or path.parent.name or "data"
 
 
 # ----------------------------------------------------------------------------- the CLIP task
@@ -182,6 +238,21 @@ def dataset_type(cfg: TrainConfig) -> str:
     return "webdataset" if cfg.train_data and ".tar" in cfg.train_data else "files"
 
 
+def csv_keys(cfg: TrainConfig) -> dict:
+    """load_dataset keywords of open_clip's --csv-img-key / --csv-caption-key; --csv-separator is checked against
+    the suffixes' separators (clipcore reads ',' from .csv and a tab from .tsv)."""
+    if cfg.csv_separator is not None:
+        sep = {"\\t": "\t", "tab": "\t", "comma": ","}.get(cfg.csv_separator, cfg.csv_separator)
+        for source in (cfg.train_data, cfg.val_data):
+            if source and Path(source).suffix.lower() in (".csv", ".tsv"):
+                wanted = "\t" if Path(source).suffix.lower() == ".tsv" else ","
+                if sep != wanted:
+                    raise ConfigError(f"--csv-separator {cfg.csv_separator!r}: clipcore reads {source} with "
+                                      f"{wanted!r} (from its suffix: .csv comma, .tsv tab); rename the file to match "
+                                      "its separator, or drop the flag")
+    return {k: v for k, v in (("image_key", cfg.csv_img_key), ("caption_key", cfg.csv_caption_key)) if v}
+
+
 def clip_task(cfg: TrainConfig, device: torch.device) -> Task:
     """Plain CLIP training (``--method clip``): image-caption batches and the contrastive loss of ``--loss``."""
     model, tokenizer, meta = build_model(cfg, device)
@@ -189,6 +260,7 @@ def clip_task(cfg: TrainConfig, device: torch.device) -> Task:
     world, rank = distributed.world_rank()
     data_kw = dict(image_size=image_size, in_channels=in_channels, seed=cfg.seed, skip_bad=cfg.skip_bad,
                    preprocess=PreprocessCfg.from_dict(meta["preprocess"]) if "preprocess" in meta else None)
+    data_kw.update(csv_keys(cfg))
     if dataset_type(cfg) == "webdataset":
         from clipcore.shards import ShardSource
         train_src = ShardSource(cfg.train_data, image_size=image_size, in_channels=in_channels, seed=cfg.seed,
@@ -235,8 +307,7 @@ def clip_task(cfg: TrainConfig, device: torch.device) -> Task:
         model=model, steps_per_epoch=steps, loader=loader,
         step=lambda batch: loss_from_embeddings(*embed(batch)), embed=embed, loss_from_embeddings=loss_from_embeddings,
         evaluate=evaluate if splits else None,
-        eval_splits=tuple(splits) + (("test",) if "test" not in splits and splits else ()),
-        meta=meta, describe=describe,
+        eval_splits=tuple(splits), meta=meta, describe=describe,
         held_out=f"test split, {len(splits['test'])} images" if "test" in splits else "val data",
     )
 
@@ -278,15 +349,18 @@ def _train(cfg: TrainConfig, task: Task | None, dd, out: Path, signals: StopSign
                              "chunk, so accumulation would not equal the full batch; use a model without it "
                              "(e.g. --model tiny-vit) or --accum-freq 1")
     runner = distributed.wrap(model, dd)
-    total = steps_per_epoch * cfg.epochs
-    if cfg.warmup >= total and main:            # the lr would never reach --lr, and the cosine would never start
-        warnings.warn(f"--warmup {cfg.warmup} >= the run's {total} steps ({cfg.epochs} epochs x {steps_per_epoch}): "
+    epochs, epochs_why = resolve_epochs(cfg, steps_per_epoch)
+    total = steps_per_epoch * epochs
+    warmup, warmup_why = resolve_warmup(cfg, total)
+    if warmup >= total and main:            # the lr would never reach --lr, and the cosine would never start
+        warnings.warn(f"--warmup {warmup} >= the run's {total} steps ({epochs} epochs x {steps_per_epoch}): "
                       f"the learning rate never reaches --lr {cfg.lr:g}; pass a smaller --warmup", stacklevel=2)
     # fused=True: one kernel over all parameters (3x faster than the per-tensor default on CPU, measured)
     opt = torch.optim.AdamW(param_groups(model, cfg.wd), lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6, fused=True)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(cfg.warmup, total))
-    amp_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.precision]
-    scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(warmup, total))
+    precision = resolve_precision(cfg.precision, device)
+    amp_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     autocast = lambda: torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None)
 
     ckpt_path = out / "checkpoints" / "latest.pt"
@@ -296,8 +370,10 @@ def _train(cfg: TrainConfig, task: Task | None, dd, out: Path, signals: StopSign
         ckpt_io.restore(state, cfg, dd.world, model, opt, sched, scaler, streamed=dataset_type(cfg) == "webdataset")
         step, epoch, start_batch = state["step"], state["epoch"], state["batch"]
         if main:
-            print(f"resumed from {state['loaded_from']} at step {step} (epoch {epoch}, batch {start_batch})")
-    log = Metrics(out, resume_step=step if cfg.resume else None) if main else None
+            print(f"resumed from {state['loaded_from']} at step {step} "
+                  + (f"(epoch {epoch + 1}, batch {start_batch})" if epoch < epochs else "(all epochs done)"))
+    resumed_at = step if cfg.resume else None
+    log = Metrics(out, resume_step=resumed_at, tensorboard=cfg.report_to == "tensorboard") if main else None
     saved_at, pos = step, start_batch    # the step of the last checkpoint; the batches of this epoch done
 
     def save(epoch: int, batch: int) -> None:
@@ -337,60 +413,78 @@ def _train(cfg: TrainConfig, task: Task | None, dd, out: Path, signals: StopSign
 
     if main:
         print(f"run {out} [{cfg.method}]: {task.describe}; {trainable_parameters(model):,} trainable parameters, "
-              f"{steps_per_epoch} steps/epoch x {cfg.epochs} epochs, device {device}"
+              f"{steps_per_epoch} steps/epoch x {epochs} epochs"
+              + (f" ({epochs_why})" if cfg.epochs is None else "") + f", batch {cfg.batch_size} (global), lr {cfg.lr:g}, "
+              f"warm-up {warmup} steps ({warmup_why}), precision {precision}"
+              + (f" (--precision {cfg.precision})" if precision != cfg.precision else "") + f", device {device}"
               + (f", {dd.world} processes" if dd.world > 1 else ""))
-    t0, losses, stop = time.time(), [], False
-    while epoch < cfg.epochs and not stop:
-        model.train()
-        bar = tqdm(batches(epoch, start_batch), desc=f"epoch {epoch}", leave=False, file=sys.stderr,
-                   total=steps_per_epoch - start_batch, disable=None if main else True)
-        for i, batch in enumerate(bar, start=start_batch):
-            opt.zero_grad(set_to_none=True)
-            if cfg.accum_freq > 1:
-                loss, info = distributed.grad_cache_step(runner, task.embed, task.loss_from_embeddings, batch,
-                                                         cfg.accum_freq, autocast, backward)
+    t0, losses, epoch_losses, stop, held_out, how = time.time(), [], [], False, None, "error"
+    try:
+        while epoch < epochs and not stop:
+            model.train()
+            epoch_losses = []
+            bar = tqdm(batches(epoch, start_batch), desc=f"epoch {epoch + 1}/{epochs}", leave=False, file=sys.stderr,
+                       total=steps_per_epoch - start_batch, disable=None if main else True)
+            for i, batch in enumerate(bar, start=start_batch):
+                opt.zero_grad(set_to_none=True)
+                if cfg.accum_freq > 1:
+                    loss, info = distributed.grad_cache_step(runner, task.embed, task.loss_from_embeddings, batch,
+                                                             cfg.accum_freq, autocast, backward)
+                else:
+                    with autocast():
+                        loss, info = runner(task.step, batch)
+                    backward(loss)
+                if cfg.grad_clip:
+                    scaler.unscale_(opt)
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                scaler.step(opt); scaler.update(); sched.step()
+                step, pos = step + 1, i + 1
+                losses.append(distributed.mean_across(loss).item())  # the global batch's loss on every rank
+                epoch_losses.append(losses[-1])
+                at_end = i + 1 == steps_per_epoch
+                stop = bool(cfg.max_steps) and step >= cfg.max_steps or signals.agreed(dd.world, device) is not None
+                if main and (step % cfg.log_every == 0 or step == 1 or at_end or stop):   # from step 1, and the last
+                    log.write({"step": step, "epoch": epoch + 1, "loss": losses[-1], "lr": sched.get_last_lr()[0],
+                               **info, "time": time.time() - t0})
+                    bar.set_postfix(loss=f"{losses[-1]:.3f}", **{k: f"{v:.3g}" for k, v in info.items()})
+                if (cfg.save_every and step % cfg.save_every == 0) or (stop and not at_end):
+                    save(epoch, i + 1)
+                if stop or at_end:
+                    break
             else:
-                with autocast():
-                    loss, info = runner(task.step, batch)
-                backward(loss)
-            if cfg.grad_clip:
-                scaler.unscale_(opt)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            scaler.step(opt); scaler.update(); sched.step()
-            step, pos = step + 1, i + 1
-            losses.append(distributed.mean_across(loss).item())  # the global batch's loss on every rank
-            if main and step % cfg.log_every == 0:
-                log.write({"step": step, "epoch": epoch, "loss": losses[-1], "lr": sched.get_last_lr()[0],
-                           **info, "time": time.time() - t0})
-                bar.set_postfix(loss=f"{losses[-1]:.3f}", **{k: f"{v:.3g}" for k, v in info.items()})
-            at_end = i + 1 == steps_per_epoch
-            stop = bool(cfg.max_steps) and step >= cfg.max_steps or signals.agreed(dd.world, device) is not None
-            if (cfg.save_every and step % cfg.save_every == 0) or (stop and not at_end):
-                save(epoch, i + 1)
-            if stop or at_end:
-                break
-        else:
-            i = steps_per_epoch - 1
-        if i + 1 == steps_per_epoch:
-            epoch, start_batch, pos = epoch + 1, 0, 0
-            save(epoch, 0)
-            if main and "val" in task.eval_splits:
-                m = task.evaluate("val")
-                log.write({"step": step, "epoch": epoch, "time": time.time() - t0, **{f"val/{k}": v for k, v in m.items()}})
-                print(f"epoch {epoch}: loss {losses[-1]:.3f}  val " + "  ".join(f"{k} {v:.3f}" for k, v in m.items()))
+                i = steps_per_epoch - 1
+            if i + 1 == steps_per_epoch:
+                epoch, start_batch, pos = epoch + 1, 0, 0
+                save(epoch, 0)
+                line = f"epoch {epoch}/{epochs}: mean loss {np.mean(epoch_losses):.3f} over {len(epoch_losses)} steps"
+                if main and "val" in task.eval_splits:
+                    with elapsed_bar(f"epoch {epoch}: evaluating the val data"):
+                        held_out = task.evaluate("val")
+                    log.write({"step": step, "epoch": epoch, "time": time.time() - t0,
+                               **{f"val/{k}": v for k, v in held_out.items()}})
+                    line += "  val " + "  ".join(f"{k} {v:.3f}" for k, v in held_out.items())
+                if main:
+                    print(line + f"  [{time.time() - t0:.0f} s]")
+        how = ("signal" if signals.signum is not None else "max_steps") if stop else "completed"
+    finally:
+        if main and how == "error":     # the error itself follows (one line for a UserError, else its traceback)
+            summary(out, ckpt_path, step, epoch, epochs, cfg.max_steps, losses, epoch_losses,
+                    resumed_at, how, None, "", time.time() - t0)
+            log.close()
 
-    result = {"run_dir": str(out), "steps": step, "seconds": time.time() - t0, "losses": losses}
-    if stop and signals.signum is not None:
+    result = {"run_dir": str(out), "steps": step, "seconds": time.time() - t0, "losses": losses, "stopped": how}
+    if how == "signal":
         result["stopped_by"] = signals.signum
-        if main:
-            print(f"stopped by {signal.Signals(signals.signum).name} at step {step}; checkpoint {ckpt_path}; "
-                  "continue with --resume latest (same flags)")
-    if main and "test" in task.eval_splits and not stop:
-        m = task.evaluate("test")
-        log.write({"step": step, "time": time.time() - t0, **{f"test/{k}": v for k, v in m.items()}})
-        result.update(m)
-        print(f"held-out ({task.held_out}): zero-shot top-1 {m.get('acc1', float('nan')):.4f}"
-              + (f", top-5 {m['acc5']:.4f}" if "acc5" in m else "") + f"  [{result['seconds']:.0f} s]")
+    if main and "test" in task.eval_splits and how == "completed":
+        with elapsed_bar(f"evaluating ({task.held_out})"):
+            held_out = task.evaluate("test")
+        log.write({"step": step, "time": time.time() - t0, **{f"test/{k}": v for k, v in held_out.items()}})
+    if how == "completed" and held_out is not None:
+        result.update(held_out)
+    if main:
+        summary(out, ckpt_path, step, epoch, epochs, cfg.max_steps, losses, epoch_losses, resumed_at, how,
+                held_out if how == "completed" else None, task.held_out if task.eval_splits else "",
+                time.time() - t0, signals.signum)
     if main:
         log.close()
     distributed.barrier()  # no rank leaves (and tears down the process group) while rank 0 still evaluates
@@ -398,78 +492,40 @@ def _train(cfg: TrainConfig, task: Task | None, dd, out: Path, signals: StopSign
 
 
 # ----------------------------------------------------------------------------- CLI
-def parse_args(argv: list[str] | None = None) -> TrainConfig:
-    d = TrainConfig()
-    p = argparse.ArgumentParser(prog="python -m clipcore.train", description=__doc__.split("\n\n")[0],
-                                usage="%(prog)s [flags] (--help lists them)",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    g = p.add_argument_group("data")
-    g.add_argument("--train-data", default=d.train_data, help="CSV/TSV (filepath, caption[, label]) or image folder; default: embedded animal-mnist")
-    g.add_argument("--dataset-type", default=d.dataset_type, choices=("auto", "csv", "folder", "webdataset"),
-                   help="auto: webdataset when --train-data names .tar shards ('shards/{00000..00099}.tar')")
-    g.add_argument("--val-data", default=d.val_data)
-    g.add_argument("--skip-bad", action="store_true", help="skip bad rows (missing/unreadable image, empty caption) and report how many")
-    g.add_argument("--workers", type=int, default=d.workers)
-    g = p.add_argument_group("method, model and loss")
+EPILOG = """\
+--batch-size is the global batch: all processes together (open_clip's --batch-size is per GPU), so a run takes the
+same steps on 1 or 64 GPUs. Every default lives in TrainConfig (clipcore/train.py), a method's in its Config; the
+README's sections "The default run", "Your own data" and "Scale-out" show what the outputs and flags mean."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The CLI, generated from :class:`TrainConfig` and every method's ``Config`` (clipcore.flags)."""
+    p = Parser(prog="python -m clipcore.train", description=__doc__.split("\n\n")[0], epilog=EPILOG,
+               usage="%(prog)s [flags]  (-h lists them)")
     methods = available()
-    g.add_argument("--method", default=d.method, choices=("clip", *methods))
-    g.add_argument("--init", default=d.init, help="checkpoint whose model to start from (a method's frozen base)")
-    g.add_argument("--model", default=d.model, help="preset name (clipcore.models.PRESETS) or open_clip:NAME (e.g. open_clip:ViT-B-32)")
-    g.add_argument("--pretrained", default=d.pretrained, help="weights for --model: open_clip .pt/.bin or clipcore .safetensors")
-    g.add_argument("--loss", default=d.loss, choices=LOSSES)
-    g.add_argument("--loss-impl", default=d.loss_impl, choices=("naive", "fused"))
-    g.add_argument("--loss-kernel", default=d.loss_kernel, choices=("torch", "triton"),
-                   help="fused loss: torch tiles (inductor-compiled on CUDA) or the Triton kernels (CUDA; README)")
-    g.add_argument("--reg-lambda", type=float, default=d.reg_lambda)
-    g.add_argument("--reg-pairs", default=d.reg_pairs, choices=REG_PAIRS)
-    g.add_argument("--local-loss", default=d.local_loss, action=argparse.BooleanOptionalAction,
-                   help="torchrun: each rank's rows against all gathered columns (off: the full N x N loss on every rank)")
-    g.add_argument("--gather-with-grad", default=d.gather_with_grad, action=argparse.BooleanOptionalAction,
-                   help="torchrun: all-gather embeddings with gradient (off: open_clip's default, not the full-batch gradient)")
-    g = p.add_argument_group("optimisation")
-    for flag, typ in (("batch_size", int), ("epochs", int), ("lr", float), ("wd", float), ("warmup", int),
-                      ("grad_clip", float), ("seed", int)):
-        g.add_argument("--" + flag.replace("_", "-"), type=typ, default=getattr(d, flag))
-    g.add_argument("--precision", default=d.precision, choices=("fp32", "bf16", "fp16"))
-    g.add_argument("--accum-freq", type=int, default=d.accum_freq, help="K chunks per batch, exact full-batch gradient (GradCache)")
-    g.add_argument("--grad-checkpointing", action="store_true", help="recompute transformer blocks in the backward")
-    g.add_argument("--compile", action="store_true")
-    g.add_argument("--device", default=d.device)
-    g = p.add_argument_group("run")
-    g.add_argument("--logs", "--logs-dir", dest="logs", default=d.logs,
-                   help="folder of run folders (under torchrun spell it --logs-dir: torchrun's parser claims --logs)")
-    g.add_argument("--name", default=d.name)
-    g.add_argument("--resume", default=d.resume, help="'latest' (this run's checkpoints/latest.pt) or a checkpoint "
-                   "path; the run continues in that checkpoint's run folder")
-    g.add_argument("--resume-override", action="store_true", help="resume although --batch-size, --epochs, --lr, "
-                   "--model, ... differ from the checkpoint's (the schedule or sample order then changes)")
-    for flag in ("save_every", "max_steps", "log_every"):
-        g.add_argument("--" + flag.replace("_", "-"), type=int, default=getattr(d, flag))
+    add_config_flags(p, TrainConfig, skip=("options",),
+                     choices=dict(method=("clip", *methods), loss=LOSSES, reg_pairs=REG_PAIRS),
+                     aliases=dict(logs=("--logs-dir",), grad_clip=("--grad-clip-norm",)))
     for name, module in methods.items():
-        add_method_flags(p, name, module)
+        doc = " ".join((module.__doc__ or "").strip().split("\n\n")[0].split())
+        add_config_flags(p, module.Config, prefix=name, title=f"--method {name}", description=doc, suppress=True)
+    return p
+
+
+def parse_args(argv: list[str] | None = None) -> TrainConfig:
+    """The command line -> a checked TrainConfig; a bad flag raises ConfigError (one line under :func:`main`)."""
+    p = build_parser()
     a = p.parse_args(argv)
     given = {k: v for k, v in vars(a).items() if "__" in k}  # method flags the user passed (no defaults here)
-    wrong = sorted("--" + k.replace("__", "-").replace("_", "-") for k in given if not k.startswith(a.method + "__"))
+    wrong = sorted(k for k in given if not k.startswith(a.method + "__"))
     if wrong:
-        p.error(f"{', '.join(wrong)} do not apply to --method {a.method}")
+        flags = ", ".join("--" + k.replace("__", "-").replace("_", "-") for k in wrong)
+        p.error(f"{flags}: a flag of --method {wrong[0].split('__')[0]}, not of --method {a.method}")
     options = {k.split("__", 1)[1]: v for k, v in given.items()}
     cfg = TrainConfig(**{f.name: getattr(a, f.name) for f in dataclasses.fields(TrainConfig) if f.name != "options"},
                       options=options)
-    check_config(cfg)     # a ConfigError: one line under main's cli wrapper
+    check_config(cfg)
     return cfg
-
-
-def add_method_flags(p: argparse.ArgumentParser, name: str, module) -> None:
-    """One flag ``--{name}-{field}`` per field of the method's Config; defaults stay in the Config."""
-    g = p.add_argument_group(f"--method {name}", (module.__doc__ or "").strip().split("\n")[0])
-    for f in dataclasses.fields(module.Config):
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        flag, dest = f"--{name}-{f.name.replace('_', '-')}", f"{name}__{f.name}"
-        kw = dict(dest=dest, default=argparse.SUPPRESS, help=f"(default: {default!r})")
-        if isinstance(default, bool):
-            g.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
-        else:
-            g.add_argument(flag, type=type(default) if isinstance(default, (int, float)) else str, **kw)
 
 
 @cli

@@ -4,6 +4,10 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
 # ---
 
 # %% [markdown]
@@ -12,7 +16,7 @@
 # Reads `experiments/results/ARF-*.json` (written by `pytest experiments/test_arf.py`); nothing here
 # retypes a number. The world (`theory/arfworld.py`): PartWorld classes drawn as photos, sketches and
 # paintings; theta0 is a CLIP pretrained on rich captions of every class in every domain; methods finetune
-# it on the ID classes' photos with class prompts only. See `papers/arf.md` for the method and the claims.
+# it on the ID classes' photos with class prompts only. The method and its claims: the README's ARF section.
 
 # %%
 import json
@@ -22,7 +26,10 @@ import matplotlib.pyplot as plt
 import pandas as pd
 import seaborn as sns
 
-RES = Path("experiments/results") if Path("experiments/results").exists() else Path("../experiments/results")
+import clipcore
+
+# the repository of the clipcore package: a kernel's working directory can be anywhere
+RES = Path(clipcore.__file__).resolve().parents[1] / "experiments" / "results"
 recs = {p.stem: json.loads(p.read_text()) for p in sorted(RES.glob("ARF-*.json"))}
 pd.DataFrame([{"id": r["id"], "verdict": r["verdict"], "measured": r["measured_text"]} for r in recs.values()])
 

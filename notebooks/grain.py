@@ -13,8 +13,7 @@
 # %% [markdown]
 # # GRAIN: grounding descriptions in image regions, on PartWorld
 #
-# Halbe et al., *Grounding Descriptions in Images informs Zero-Shot Visual Recognition* (arXiv 2412.04429); the
-# project's view of the paper is `papers/grain.md` in the shared folder. GRAIN adds to CLIP's global image-caption
+# Halbe et al., *Grounding Descriptions in Images informs Zero-Shot Visual Recognition* (arXiv 2412.04429). GRAIN adds to CLIP's global image-caption
 # loss a DETR-style decoder whose region queries predict boxes (matched to detector boxes by the Hungarian
 # algorithm) and are aligned with the descriptions of those boxes. Zero-shot classification then uses class
 # descriptions ("has a red striped circle"), which helps most when the class name was never seen in training.
@@ -41,8 +40,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 
 def repo_root() -> Path:
-    """The repository holding this notebook (as a script) or the working directory (as a notebook)."""
-    starts = [Path(__file__).resolve().parent] if "__file__" in globals() else []
+    """The repository holding the clipcore package (a kernel's working directory can be anywhere), else this
+    notebook's (as a script) or the working directory's."""
+    import clipcore
+    starts = [Path(clipcore.__file__).resolve().parent] + ([Path(__file__).resolve().parent] if "__file__" in globals() else [])
     for d in [p for s in starts + [Path.cwd()] for p in (s, *s.parents)]:
         if (d / "experiments" / "results").is_dir() and (d / "theory").is_dir():
             return d

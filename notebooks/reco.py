@@ -13,8 +13,8 @@
 # %% [markdown]
 # # RECO: retrieval-enhanced contrastive vision-text models, checked numerically
 #
-# Iscen, Caron, Fathi, Schmid, *Retrieval-Enhanced Contrastive Vision-Text Models* (ICLR 2024); the project's
-# view of the paper is `papers/reco.md` in the shared folder. The method is `clipcore/methods/reco.py`, its
+# Iscen, Caron, Fathi, Schmid, *Retrieval-Enhanced Contrastive Vision-Text Models* (ICLR 2024); the
+# method is `clipcore/methods/reco.py`, its
 # memory and k-NN search `clipcore/memory.py`, the synthetic long-tail world `theory/longtail.py`.
 #
 # Every number on this page is read from `experiments/results/RECO-*.json` (written by
@@ -40,11 +40,14 @@ import matplotlib.image as mpimg  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
+import clipcore  # noqa: E402
+
 INTERACTIVE = "ipykernel" in sys.modules
 
 
 def find_root() -> Path:
-    starts = [Path(__file__).resolve().parent] if "__file__" in globals() else []
+    # the clipcore package's repository first (a kernel's working directory can be anywhere), then this file's
+    starts = [Path(clipcore.__file__).resolve().parent] + ([Path(__file__).resolve().parent] if "__file__" in globals() else [])
     for start in starts + [Path.cwd()]:
         for d in [start, *start.parents]:
             if (d / "experiments" / "results").is_dir():

@@ -14,7 +14,7 @@
 # # The theory of CLIP's transferable representations, checked numerically
 #
 # Chen, Deng, Li, Gu, *Understanding Transferable Representation Learning and Zero-shot Transfer in CLIP*
-# (ICLR 2024); the project's view of the paper is `papers/theory.md` in the shared folder.
+# (ICLR 2024).
 #
 # Every number on this page is read from `experiments/results/THY-*.json`, written by
 # `pytest experiments/` (quick tier) or `CLIPCORE_FULL=1 pytest experiments/` (paper tier). Each claim has one
@@ -39,12 +39,15 @@ import matplotlib.image as mpimg  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
+import clipcore  # noqa: E402
+
 INTERACTIVE = "ipykernel" in sys.modules
 
 
 def find_results() -> Path:
-    """experiments/results of the repository holding this notebook (or of the working directory)."""
-    starts = [Path(__file__).resolve().parent] if "__file__" in globals() else []
+    """experiments/results of the repository holding the clipcore package (or this notebook, or the working directory)."""
+    # the clipcore package's repository first (a kernel's working directory can be anywhere), then this file's
+    starts = [Path(clipcore.__file__).resolve().parent] + ([Path(__file__).resolve().parent] if "__file__" in globals() else [])
     for start in starts + [Path.cwd()]:
         for d in [start, *start.parents]:
             if (d / "experiments" / "results").is_dir():

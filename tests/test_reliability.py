@@ -403,7 +403,7 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
 
 def test_processes_and_workers_count_only_for_shards():
     import dataclasses
-    ck = {"train_config": dataclasses.asdict(TrainConfig(workers=2)), "world_size": 2}
+    ck = {"train_config": dataclasses.asdict(TrainConfig(workers=2, epochs=8)), "world_size": 2}
     cfg = TrainConfig(workers=4, epochs=9)
     assert ckpt_io.config_differences(ck, cfg, 1) == ["--epochs 8 (now 9)"]       # file data: global batches
     assert ckpt_io.config_differences(ck, cfg, 1, streamed=True) == [

@@ -10,6 +10,7 @@ from PIL import Image
 from clipcore import checkpoint as ckpt_io
 from clipcore import train as train_mod
 from clipcore.data import DataError
+from clipcore.errors import ConfigError
 from clipcore.eval import evaluate_checkpoint
 from clipcore.train import NonFiniteLoss, TrainConfig, parse_args, train, warmup_cosine
 
@@ -114,7 +115,7 @@ def test_cli_defaults_and_flags():
     assert cfg == TrainConfig()
     cfg = parse_args(["--loss", "reg", "--reg-lambda", "0.5", "--batch-size", "64", "--compile", "--resume", "latest"])
     assert (cfg.loss, cfg.reg_lambda, cfg.batch_size, cfg.compile, cfg.resume) == ("reg", 0.5, 64, True, "latest")
-    with pytest.raises(SystemExit):
+    with pytest.raises(ConfigError, match="argument --loss: invalid choice: 'triplet'"):
         parse_args(["--loss", "triplet"])
 
 
@@ -175,7 +176,7 @@ def test_method_plugin_flags_and_options(monkeypatch):
     cfg = parse_args(["--method", "fake", "--fake-k", "7", "--no-fake-frozen", "--fake-mode", "cross"])
     assert cfg.method == "fake" and cfg.options == {"k": 7, "frozen": False, "mode": "cross"}
     assert methods.method_config(mod, cfg.options) == Config(k=7, scale=1.0, mode="cross", frozen=False)
-    with pytest.raises(SystemExit):  # a method's flag without that method
+    with pytest.raises(ConfigError, match="--fake-k: a flag of --method fake, not of --method clip"):
         parse_args(["--fake-k", "7"])
     with pytest.raises(ValueError, match="unknown option"):
         methods.method_config(mod, {"kk": 1})

@@ -1,4 +1,4 @@
-"""ARF: anchor-based robust finetuning (Han et al., CVPR 2024; spec ``papers/arf.md``) and the robust-finetuning
+"""ARF: anchor-based robust finetuning (Han et al., CVPR 2024) and the robust-finetuning
 baselines it is measured against, all through the one training loop.
 
     python -m clipcore.train --method arf --init theta0.pt --train-data finetune.csv \\
@@ -27,7 +27,7 @@ from __future__ import annotations
 import copy
 import json
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Literal, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -43,15 +43,15 @@ MODES = ("ft", "lpft", "flyp", "arf")
 
 @dataclass
 class Config:
-    mode: str = "arf"                 # ft | lpft | flyp | arf (see the module docstring)
-    lambda_tca: float = 1.0           # weight of L_TCA (arf.md 6: 1, swept over 0.25..2)
+    mode: Literal["ft", "lpft", "flyp", "arf"] = "arf"  # ft | lpft | flyp | arf (clipcore/methods/arf.py's docstring)
+    lambda_tca: float = 1.0           # weight of L_TCA (the paper: 1, swept over 0.25..2)
     lambda_ita: float = 1.0           # weight of L_ITA
     captions: str = ""                # JSON lines {"image", "caption"}: a captioner's output for the finetune images
     pool: str = ""                    # candidate pool: .csv/.tsv, image folder or JSON lines {"image", "caption"}
-    retrieval: str = "text"           # text: pool text vs class prompts | image: pool image vs class image means | random
+    retrieval: Literal["text", "image", "random"] = "text"  # text: pool text vs class prompts | image: pool image vs class image means | random
     k: int = 20                       # anchors kept per class (union over classes, deduplicated)
     anchor_ratio: float = 1.0         # anchor batch size / finetune batch size (1:1 default)
-    flyp_pos: str = "multi"           # multi: unique prompts, same-class images positives | plain: CLIP loss
+    flyp_pos: Literal["multi", "plain"] = "multi"  # multi: unique prompts, same-class images positives | plain: CLIP loss
     random_captions: bool = False     # ARF-5 control (i)
     l2sp: float = 0.0                 # beta of the L2-SP pull to theta0 (0: off)
     distill: float = 0.0              # beta of feature distillation to theta0 (0: off)
@@ -60,7 +60,7 @@ class Config:
     query_template: str = ""          # [RECON] text of the class queries of retrieval="text"; "" = template. A
                                       # domain word in it ("photo") pulls anchors of that domain (ARF-7)
     anchors_out: str = ""             # write the retrieved anchors (row, class, score, caption) as JSON lines
-    shared_negatives: bool = False    # [RECON] arf.md 3.4: every text of the step (prompts, captions, anchor texts)
+    shared_negatives: bool = False    # [RECON] (the paper's section 3.4) every text of the step (prompts, captions, anchor texts)
                                       # is a candidate of every image, and every image of every text
 
 

@@ -1,4 +1,4 @@
-"""GRAIN: grounding descriptions in image regions (Halbe et al., arXiv 2412.04429; spec papers/grain.md).
+"""GRAIN: grounding descriptions in image regions (Halbe et al., arXiv 2412.04429).
 
     python -m clipcore.train --method grain                                    # a PartWorld generated in memory
     python -m clipcore.train --method grain --train-data annotations.jsonl     # the JSON-lines region format
@@ -24,6 +24,7 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -47,32 +48,32 @@ from clipcore.tokenizer import WordTokenizer
 
 @dataclass
 class Config:
-    # decoder head (grain.md s2; official: 6 layers, d 512, 8 heads, FFN 2048, dropout 0.1)
+    # decoder head (the official code: 6 layers, d 512, 8 heads, FFN 2048, dropout 0.1)
     num_region_queries: int = 5       # = the top-5 detections kept per image
-    decoder_layers: int = 2
-    decoder_width: int = 128
-    decoder_heads: int = 4
-    decoder_ffn: int = 512
-    dropout: float = 0.1
-    # losses (s4)
-    lambda_ic: float = 1.0
-    lambda_box: float = 1.0
-    lambda_rd: float = 1.0
+    decoder_layers: int = 2          # blocks of the region decoder
+    decoder_width: int = 128         # its width
+    decoder_heads: int = 4           # its attention heads
+    decoder_ffn: int = 512           # its feed-forward width
+    dropout: float = 0.1             # decoder dropout
+    # losses
+    lambda_ic: float = 1.0           # weight of the image-caption InfoNCE
+    lambda_box: float = 1.0          # weight of the box loss (L1 + GIoU after Hungarian matching)
+    lambda_rd: float = 1.0           # weight of the region-description loss
     box_scale: float = 1.5            # 1.5: the code's hidden factor; 1: paper-style (with unit lambdas)
     lambda_desc_global: float = 0.0   # C2 control: image <-> description InfoNCE on the global embedding
-    match: str = "box"                # box: 5 L1 - 2 GIoU (official) | similarity: -r.d, no boxes (G-box)
-    ic_targets: str = "caption"       # caption: identical caption strings are positives | diagonal: y_i = i (code)
+    match: Literal["box", "similarity"] = "box"  # box: 5 L1 - 2 GIoU (official) | similarity: -r.d, no boxes (G-box)
+    ic_targets: Literal["caption", "diagonal"] = "caption"  # caption: identical caption strings are positives | diagonal: y_i = i (code)
     rd_mask_duplicates: bool = False  # False (code): identical strings on other boxes are negatives too
     aux_loss: bool = False            # DETR deep supervision: box and rd losses on every decoder layer
-    # data (s3)
+    # data
     caption_mix: float = 0.5          # probability of the MLLM caption (aug_caption); 0 = alt-text only (C0)
     shuffle_descriptions: bool = False  # G-shuf: descriptions permuted across each image's boxes
-    score_threshold: float = 0.3
-    tokenizer: str = "auto"           # auto: word-level for PartWorld, else the preset's | word | bpe
+    score_threshold: float = 0.3     # detector regions scored below it are dropped
+    tokenizer: Literal["auto", "word", "bpe"] = "auto"  # auto: word-level for PartWorld, else the preset's | word | bpe
     context_length: int = 0           # 0: the preset's
     # the default data: a PartWorld generated in memory when --train-data is omitted (theory/partworld.py)
-    world_train: int = 20_000
-    world_test_per_class: int = 10
+    world_train: int = 20_000        # PartWorld training images
+    world_test_per_class: int = 10   # PartWorld test images per class
     world_seed: int = -1              # -1: the run's --seed
 
 

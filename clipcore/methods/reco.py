@@ -24,7 +24,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Iterator, Literal
 
 import torch
 import torch.nn.functional as F
@@ -44,13 +44,13 @@ PAPER_PARAMS = 3.16e6          # [THIRD] at CLIP-B/32 width; per module or total
 @dataclass
 class Config:
     k: int = 10                   # neighbours per query [RECON: paper default unknown; always sweep]
-    search: str = "uni"           # uni: image->image, text->text [PAPER] | cross: image->text, text->image
-    fusion: str = "cross"         # cross: fuse the other modality of the hits [PAPER] | uni: the same modality
-    fuser: str = "transformer"    # transformer [PAPER] | mlp (capacity control, Fig. 3) | none (the frozen base)
+    search: Literal["uni", "cross"] = "uni"  # uni: image->image, text->text [PAPER] | cross: image->text, text->image
+    fusion: Literal["cross", "uni"] = "cross"  # cross: fuse the other modality of the hits [PAPER] | uni: the same modality
+    fuser: Literal["transformer", "mlp", "none"] = "transformer"  # transformer [PAPER] | mlp (capacity control, Fig. 3) | none (the frozen base)
     layers: int = 1               # [PAPER] a single layer
     heads: int = 8                # must divide the embedding width
     mlp_ratio: float = 4.0        # [RECON] 1 layer, ratio 4: 3.15M per module at d=512 (paper: 3.16M)
-    output_token: str = "query"   # [RECON] query: read h at the query position | cls: a learned extra token
+    output_token: Literal["query", "cls"] = "query"  # [RECON] query: read h at the query position | cls: a learned extra token
     residual: bool = False        # [RECON] u_bar = norm(u + phi(u; r)) instead of phi(u; r)
     type_embed: bool = False      # [RECON] learned query/retrieved type embeddings
     rank_embed: bool = False      # [RECON] learned rank embeddings of the k retrieved tokens
@@ -59,14 +59,14 @@ class Config:
     lambda2: float = 1.0          # weight of NCE(v_bar, t)
     lambda3: float = 1.0          # weight of NCE(v, t_bar)
     tau: float = 0.07             # initial temperature (CLIP's); learned unless --no-reco-learn-tau
-    learn_tau: bool = True
+    learn_tau: bool = True        # learn the temperature
     labels: bool = True           # multi-positive NCE: pairs sharing a class label are positives (labelled data)
     alpha: float = 1.0            # [RECON] zero-shot score alpha cos(v_bar, t_bar_c) + (1 - alpha) cos(v, t_c)
     memory: str = ""              # a saved MemoryBank ("": the base model's embeddings of the training split)
     train_fraction: float = 1.0   # share of the memory searched in training (RECO-4: 0.01); evaluation uses all
     train_dedup: float = 0.0      # > 0: in training also skip neighbours whose search cosine exceeds it
     dedup: float = 0.0            # > 0: drop memory pairs whose image cosine to an evaluation image exceeds it
-    backend: str = "exact"        # exact (chunked matmul + top-k) | faiss (IndexFlatIP)
+    backend: Literal["exact", "faiss"] = "exact"  # exact (chunked matmul + top-k) | faiss (IndexFlatIP)
 
     def __post_init__(self) -> None:
         for name, value, allowed in (("search", self.search, MODES), ("fusion", self.fusion, MODES),
