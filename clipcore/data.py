@@ -324,8 +324,8 @@ def _read_table(path: Path, sep: str) -> tuple[list[str], list[tuple[str, dict[s
 
 
 def _from_table(path: Path, preprocess: PreprocessCfg, seed: int, skip_bad: bool, caption_key: str | None,
-                image_key: str | None, label_key: str | None) -> ImageTextDataset:
-    sep = "\t" if path.suffix.lower() == ".tsv" else ","
+                image_key: str | None, label_key: str | None, sep: str | None = None) -> ImageTextDataset:
+    sep = sep or ("\t" if path.suffix.lower() == ".tsv" else ",")
     cols, records = _read_table(path, sep)
     if not cols:
         raise DataError(f"{path}: the file is empty; it needs a header line (filepath{sep}caption) and data rows.")
@@ -375,12 +375,14 @@ def _from_folder(root: Path, preprocess: PreprocessCfg, seed: int, skip_bad: boo
 
 def load_dataset(source: str | Path | None, split: str = "train", *, image_size: int = 32, in_channels: int = 3,
                  seed: int = 0, skip_bad: bool = False, caption_key: str | None = None, image_key: str | None = None,
-                 label_key: str | None = None, preprocess: PreprocessCfg | None = None) -> ImageTextDataset:
+                 label_key: str | None = None, preprocess: PreprocessCfg | None = None,
+                 sep: str | None = None) -> ImageTextDataset:
     """Build a dataset from None / "animal-mnist" (embedded), a .csv/.tsv file, or an image folder.
 
     split ("train", "val", "test", "all") picks the fixed stratified 80/10/10 split of the default data; user
     files and folders are used whole (split ignored). Images come out as (in_channels, image_size, image_size).
-    caption_key / image_key / label_key name CSV columns (defaults: caption or title, filepath, label).
+    caption_key / image_key / label_key name CSV columns (defaults: caption or title, filepath, label); sep is the
+    table's one-character separator (default: a tab for .tsv, else a comma; open_clip's --csv-separator).
     preprocess: how to turn images into tensors, e.g. a checkpoint's record (``clipcore.checkpoint.preprocess_of``);
     it overrides image_size and in_channels. None: the source's own default at image_size / in_channels
     (:func:`default_preprocess` for the embedded data, ``PreprocessCfg.for_files`` for files), which the
@@ -404,7 +406,9 @@ def load_dataset(source: str | Path | None, split: str = "train", *, image_size:
     if path.suffix.lower() in (".csv", ".tsv"):
         if not path.is_file():
             raise DataError(f"{path}: CSV/TSV file not found; check the path given as data source.")
-        return _from_table(path, preprocess, seed, skip_bad, caption_key, image_key, label_key)
+        if sep is not None and len(sep) != 1:
+            raise DataError(f"separator {sep!r}: use one character (e.g. ',' or a tab; --csv-separator '\\t').")
+        return _from_table(path, preprocess, seed, skip_bad, caption_key, image_key, label_key, sep)
     raise DataError(f"data source {str(source)!r} is {'not a folder' if path.suffix else 'not found'}"
                     f"{' and has an unknown extension' if path.suffix else ''}; accepted: None or 'animal-mnist' "
                     "(embedded default), a .csv/.tsv file (columns filepath, caption/title[, label]), or a folder "

@@ -23,7 +23,6 @@ import dataclasses
 import math
 import random
 import re
-import signal
 import sys
 import time
 import warnings
@@ -57,7 +56,7 @@ class TrainConfig:
     val_data: str | None = None      # CSV/TSV or folder scored after every epoch; default: the embedded data's val split when training on it, else none
     csv_img_key: str | None = None   # CSV column of the image paths (open_clip's flag); default: filepath
     csv_caption_key: str | None = None  # CSV column of the captions (open_clip's flag); default: caption, else title
-    csv_separator: str | None = None  # open_clip's flag; clipcore reads ',' from .csv and a tab from .tsv, and refuses another
+    csv_separator: str | None = None  # CSV/TSV separator (open_clip's flag); default: a tab for .tsv, else a comma
     skip_bad: bool = False           # skip unreadable rows / empty captions instead of stopping (reports the count)
     workers: int = 0                 # DataLoader worker processes (file-backed data benefits; in-memory needs none)
     # method, model and loss
@@ -239,18 +238,11 @@ def dataset_type(cfg: TrainConfig) -> str:
 
 
 def csv_keys(cfg: TrainConfig) -> dict:
-    """load_dataset keywords of open_clip's --csv-img-key / --csv-caption-key; --csv-separator is checked against
-    the suffixes' separators (clipcore reads ',' from .csv and a tab from .tsv)."""
-    if cfg.csv_separator is not None:
-        sep = {"\\t": "\t", "tab": "\t", "comma": ","}.get(cfg.csv_separator, cfg.csv_separator)
-        for source in (cfg.train_data, cfg.val_data):
-            if source and Path(source).suffix.lower() in (".csv", ".tsv"):
-                wanted = "\t" if Path(source).suffix.lower() == ".tsv" else ","
-                if sep != wanted:
-                    raise ConfigError(f"--csv-separator {cfg.csv_separator!r}: clipcore reads {source} with "
-                                      f"{wanted!r} (from its suffix: .csv comma, .tsv tab); rename the file to match "
-                                      "its separator, or drop the flag")
-    return {k: v for k, v in (("image_key", cfg.csv_img_key), ("caption_key", cfg.csv_caption_key)) if v}
+    """load_dataset keywords of open_clip's --csv-img-key / --csv-caption-key / --csv-separator ('\\t', 'tab' and
+    'comma' are accepted spellings)."""
+    sep = cfg.csv_separator and {"\\t": "\t", "tab": "\t", "comma": ","}.get(cfg.csv_separator, cfg.csv_separator)
+    keys = (("image_key", cfg.csv_img_key), ("caption_key", cfg.csv_caption_key), ("sep", sep))
+    return {k: v for k, v in keys if v}
 
 
 def clip_task(cfg: TrainConfig, device: torch.device) -> Task:

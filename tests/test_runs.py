@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 
 from clipcore import train as train_mod
+from clipcore.data import DataError
 from clipcore.errors import ConfigError, UserError
 from clipcore.train import TrainConfig, build_parser, data_name, parse_args, resolve_warmup, train
 
@@ -229,8 +230,14 @@ def test_open_clip_flag_names(folder, tmp_path):
                             "text", "--csv-separator", "\\t", "--logs", str(tmp_path), "--max-steps", "1",
                             "--batch-size", "16", "--warmup", "1"]))
     assert out["steps"] == 1
-    with pytest.raises(ConfigError, match=r"--csv-separator ',': clipcore reads .*pairs.tsv with '\\t'"):
-        train(parse_args(["--train-data", str(folder / "pairs.tsv"), "--csv-separator", ",", "--logs", str(tmp_path)]))
+    # any one-character separator, as open_clip's --csv-separator: a semicolon-separated .csv
+    (folder / "pairs.csv").write_text("\n".join(r.replace("\t", ";") for r in rows) + "\n")
+    out = train(parse_args(["--train-data", str(folder / "pairs.csv"), "--csv-img-key", "path", "--csv-caption-key",
+                            "text", "--csv-separator", ";", "--logs", str(tmp_path), "--max-steps", "1",
+                            "--batch-size", "16", "--warmup", "1"]))
+    assert out["steps"] == 1
+    with pytest.raises(DataError, match=r"pairs.csv: missing column"):     # read with the default comma
+        train(parse_args(["--train-data", str(folder / "pairs.csv"), "--csv-img-key", "path", "--logs", str(tmp_path)]))
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
