@@ -191,6 +191,9 @@ def summary(out: Path, ckpt: Path, step: int, epoch: int, epochs: int, max_steps
         metrics = ", ".join(f"{k} {v:.4f}" for k, v in list(held_out.items())[:4])
         lines.append(f"  held-out ({what}): " + (f"zero-shot top-1 {held_out['acc1']:.4f}"
                      + (f", top-5 {held_out['acc5']:.4f}" if "acc5" in held_out else "") if "acc1" in held_out else metrics))
+        modes = {k.split("/")[1]: v for k, v in held_out.items() if k.startswith("all/") and k.endswith("/acc")}
+        if modes:      # GRAIN: acc1 is its primary mode (name+desc); every zero-shot mode beside it
+            lines.append("  zero-shot top-1 by mode: " + ", ".join(f"{m} {v:.4f}" for m, v in modes.items()))
     elif not what:
         lines.append("  held-out: no validation data (pass --val-data, or evaluate the checkpoint with python -m clipcore.eval)")
     elif how != "completed":

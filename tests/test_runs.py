@@ -278,3 +278,14 @@ def test_memory_cli_builds_what_reco_reads(folder, tmp_path, capsys):
     with pytest.raises(SystemExit):
         memory_main(["build", "--checkpoint", ckpt, "--out", str(tmp_path / "m.pt")])
     assert capsys.readouterr().err.strip() == f"clipcore.memory: error: --out {tmp_path / 'm.pt'}: name it .safetensors (or .npz)"
+
+
+def test_summary_names_every_grain_zero_shot_mode(tmp_path, capsys):
+    """GRAIN's acc1 is its primary mode (name+desc): the closing summary lists the other modes beside it."""
+    from clipcore import runlog
+    held = {"acc1": 0.277, "all/name/acc": 0.444, "all/name+desc/acc": 0.277, "all/fusion0.5/acc": 0.5,
+            "all/name/sibling": 0.9, "novel/name/acc": 0.1}
+    runlog.summary(tmp_path / "g", tmp_path / "latest.pt", 10, 1, 1, 0, [1.0], [1.0], None, "completed", held,
+                   "test split", 3.0)
+    out = capsys.readouterr().out
+    assert "zero-shot top-1 0.2770" in out and "by mode: name 0.4440, name+desc 0.2770, fusion0.5 0.5000" in out
