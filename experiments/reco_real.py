@@ -1,4 +1,4 @@
-"""RECO on real data (papers/reco.md s7, "Real data"): a base CLIP trained on the embedded animal-mnist, frozen; the
+"""RECO on real data (docs/methods.md, RECO §7, "Real data"): a base CLIP trained on the embedded animal-mnist, frozen; the
 memory is its training split (8000 pairs); RECO trained on the training split, evaluated on the test split (1000
 images). Reported as it comes out: animal-mnist has 10 coarse classes and no long tail, so a gain is not expected.
 
