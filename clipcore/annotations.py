@@ -51,7 +51,8 @@ def parse_regions(raw, size: tuple[int, int], *, where: str, score_threshold: fl
     """Validate a line's "regions" list and reduce it to the kept, normalised boxes.
 
     size = (W, H) of the image file. Boxes become x / W, y / H clipped to [0, 1] (resizing to S x S and dividing
-    by S; docs/methods.md, GRAIN §3), then cxcywh. Order: threshold, drop degenerate, stable top-``max_regions`` by score.
+    by S; docs/methods.md, GRAIN §3), then cxcywh. Order: threshold, drop degenerate, stable top-``max_regions`` by
+    score.
     """
     if not isinstance(raw, list):
         raise _bad(where, f'"regions" must be a list of {{"description", "bbox", "score"}} objects, got {type(raw).__name__}')

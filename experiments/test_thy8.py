@@ -1,6 +1,6 @@
-"""THY-8: CLIP+Reg vs CLIP, zero-shot and linear-probe accuracy (docs/methods.md, theory §6, §7: +2.06 zero-shot and +1.54
-linear probe on CC3M, single runs, no error bars), on a nonlinear synthetic task and on the real animal-mnist, on
-the calibrated protocol (experiments/README.md).
+"""THY-8: CLIP+Reg vs CLIP, zero-shot and linear-probe accuracy (docs/methods.md, theory §6, §7: +2.06
+zero-shot and +1.54 linear probe on CC3M, single runs, no error bars), on a nonlinear synthetic task and on the real
+animal-mnist, on the calibrated protocol (experiments/README.md).
 
     pytest experiments/test_thy8.py                  # quick tier: THY-8, 3 seeds (THY-8r: not run, see below)
     CLIPCORE_FULL=1 pytest experiments/test_thy8.py  # paper tier: 5 seeds, THY-8 and THY-8r

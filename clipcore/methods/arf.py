@@ -68,9 +68,9 @@ class Config:
 def flyp_loss(image: Tensor, prompts: Tensor, labels: Tensor, scale: Tensor | float, pos: str = "multi") -> Tensor:
     """L_FLYP of images (B, D) against class-prompt embeddings ``prompts`` (C, D); labels (B,) index rows of it.
 
-    multi (docs/methods.md, ARF §3.3): image -> text over the batch's unique prompts (CE to its own class); text -> image with
-    every same-class image a positive, uniformly weighted. plain: ``contrastive_loss(image, prompts[labels])``
-    (duplicated prompts are negatives of each other: FLYP's false negatives, kept as a check).
+    multi (docs/methods.md, ARF §3.3): image -> text over the batch's unique prompts (CE to its own class); text ->
+    image with every same-class image a positive, uniformly weighted. plain: ``contrastive_loss(image,
+    prompts[labels])`` (duplicated prompts are negatives of each other: FLYP's false negatives, kept as a check).
     """
     if pos == "plain":
         return contrastive_loss(image, prompts[labels], scale)
@@ -194,8 +194,8 @@ def fit_head(features: Tensor, labels: Tensor, head: Tensor, scale: float, steps
 # ----------------------------------------------------------------------------- anchors
 def select_anchors(bank, queries: Tensor, k: int, by: str = "text", *, random: bool = False,
                    seed: int = 0) -> dict[str, Tensor]:
-    """Anchor set A (docs/methods.md, ARF §3.2): top-k pool rows per class query, union, deduplicated (a row keeps the class
-    that scored it highest). queries (C, D): theta0's class-prompt embeddings (by="text") or normalised class
+    """Anchor set A (docs/methods.md, ARF §3.2): top-k pool rows per class query, union, deduplicated (a row keeps the
+    class that scored it highest). queries (C, D): theta0's class-prompt embeddings (by="text") or normalised class
     means of theta0's finetune-image features (by="image"). random: the same |A| rows drawn uniformly (ARF-5 ii).
     Returns {"rows" (A,), "cls" (A,), "score" (A,)}."""
     k = min(k, len(bank))

@@ -80,7 +80,8 @@ class Config:
 # ----------------------------------------------------------------------------- presets
 @register("grain-tiny")
 def _grain_tiny() -> CLIPConfig:
-    # docs/methods.md, GRAIN §2 CPU scale: ViT 32 px / patch 4 (64 tokens), width 128 x 4; text 128 x 2; joint space 64.
+    # CPU scale (docs/methods.md, GRAIN §2): ViT 32 px / patch 4 (64 tokens), width 128 x 4; text 128 x 2;
+    # joint space 64.
     return CLIPConfig(embed_dim=64, vision=VisionConfig(kind="vit", image_size=32, patch_size=4, width=128, layers=4),
                       text=TextConfig(context_length=24, width=128, layers=2, heads=4), tokenizer="word")
 
@@ -195,7 +196,8 @@ def similarity_match(regions: Tensor, text: Tensor, region_text: Tensor, box_mas
 
 def region_description_loss(regions: Tensor, text: Tensor, region_text: Tensor, box_mask: Tensor, match: Match,
                             scale: Tensor, mask_duplicates: bool = False) -> Tensor:
-    """L_rd = -1/|sigma| sum_{(i,k,j)} log exp(s r_ik . d_ij) / sum_{d in D} exp(s r_ik . d)   (docs/methods.md, GRAIN §4).
+    """L_rd = -1/|sigma| sum_{(i,k,j)} log exp(s r_ik . d_ij) / sum_{d in D} exp(s r_ik . d)
+    (docs/methods.md, GRAIN §4).
 
     regions (B, Q, D) and text (U, D) normalised; region_text (B, T) indexes ``text``; D = every description
     instance of the batch. Equal strings have equal embeddings, so the sum over instances is a sum over the

@@ -1,4 +1,5 @@
-"""Boxes for GRAIN (docs/methods.md, GRAIN §4): conversions, IoU / GIoU, the per-image Hungarian matcher and the box loss.
+"""Boxes for GRAIN (docs/methods.md, GRAIN §4): conversions, IoU / GIoU, the per-image Hungarian matcher and the box
+loss.
 
 Boxes are normalised to [0, 1]. The box head predicts ``(cx, cy, w, h)`` (sigmoid outputs); overlaps are computed
 on ``(x1, y1, x2, y2)``. Every function broadcasts over leading dimensions, so the same code scores matched pairs

@@ -67,7 +67,8 @@ def class_embeddings(model, tokenizer, names: list[str], descriptors: list[list[
 
 def zero_shot_scores(image: Tensor, classes: Tensor, regions: Tensor | None = None, desc: Tensor | None = None,
                      desc_mask: Tensor | None = None, alpha: float = 1.0) -> Tensor:
-    """score(x, y) = alpha g.c_y + (1 - alpha) 1/Q sum_k max_{d in D_y} r_k . Enc(d)     (docs/methods.md, GRAIN §6) -> (N, C).
+    """score(x, y) = alpha g.c_y + (1 - alpha) 1/Q sum_k max_{d in D_y} r_k . Enc(d)  -> (N, C)
+    (docs/methods.md, GRAIN §6).
 
     image (N, D) and regions (N, Q, D) normalised; classes (C, D); desc (C, M, D) raw descriptor embeddings
     (no templates) with desc_mask (C, M). All Q region queries count, on a part or not, as in the code.
