@@ -1,4 +1,4 @@
-"""Region annotations for grounded pretraining (GRAIN, grain.md section 3): JSON lines, one image per line:
+"""Region annotations for grounded pretraining (docs/methods.md, GRAIN §3): JSON lines, one image per line:
 
     {"image": "img/0001.jpg", "caption": "alt-text", "aug_caption": "an MLLM caption (optional)",
      "regions": [{"description": "red striped circle", "bbox": [x1, y1, x2, y2], "score": 0.82}, ...]}
@@ -51,7 +51,8 @@ def parse_regions(raw, size: tuple[int, int], *, where: str, score_threshold: fl
     """Validate a line's "regions" list and reduce it to the kept, normalised boxes.
 
     size = (W, H) of the image file. Boxes become x / W, y / H clipped to [0, 1] (resizing to S x S and dividing
-    by S, grain.md s3), then cxcywh. Order: threshold, drop degenerate, stable top-``max_regions`` by score.
+    by S; docs/methods.md, GRAIN §3), then cxcywh. Order: threshold, drop degenerate, stable top-``max_regions`` by
+    score.
     """
     if not isinstance(raw, list):
         raise _bad(where, f'"regions" must be a list of {{"description", "bbox", "score"}} objects, got {type(raw).__name__}')

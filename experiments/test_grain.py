@@ -1,4 +1,4 @@
-"""GRAIN-S1 ... S5 and the grounding diagnostic GRAIN-D on PartWorld (papers/grain.md s10).
+"""GRAIN-S1 ... S5 and the grounding diagnostic GRAIN-D on PartWorld (docs/methods.md, GRAIN §10).
 
     pytest experiments/test_grain.py                  # quick tier: 3 seeds, models C1 C2 G G-rd G-shuf, 100 steps
     CLIPCORE_FULL=1 pytest experiments/test_grain.py  # paper tier: 5 seeds, all 7 models, 20k images, ~630 steps
@@ -6,8 +6,8 @@
 Every model is clipcore.train's loop on ``--method grain`` with the same encoders (preset grain-xs), decoder, data,
 schedule and seed; they differ only in options (VARIANTS). The CLIP baselines use the GRAIN architecture with
 lambda_box = lambda_rd = 0 (their global embedding is the image query too), so G vs C isolates the losses and the
-data, not the architecture (grain.md s7.8). Each (model, seed) is trained once and shared by all claims (module
-fixture); a seed fixes the world (classes, images, annotations), the initialisation and the data order.
+data, not the architecture (docs/methods.md, GRAIN §7 item 8). Each (model, seed) is trained once and shared by all
+claims (module fixture); a seed fixes the world (classes, images, annotations), the initialisation and the data order.
 
 Pre-registered (written before any run; the thresholds are the issue's, the choices below are the project's):
 - Descriptor-based accuracy = mode "name+desc" (the official code's prompts, class means not re-normalised); the
@@ -24,8 +24,8 @@ Pre-registered (written before any run; the thresholds are the issue's, the choi
   wholly <= 0; else inconclusive.
 - S5: G, all 200 classes: (fusion alpha=0.5 minus alpha=1) on sibling accuracy minus the same on coarse accuracy
   (right sibling group); holds when the CI is > 0, fails when < 0. alpha = 0.7 is reported.
-- GRAIN-D: description -> region top-1 (grain.md s10) of G minus that of G-shuf and of G-rd; holds when both CIs
-  are > 0, fails when either is < 0. Matched-box IoU > 0.5 rates are reported for every model.
+- GRAIN-D: description -> region top-1 (docs/methods.md, GRAIN §10) of G minus that of G-shuf and of G-rd; holds when
+  both CIs are > 0, fails when either is < 0. Matched-box IoU > 0.5 rates are reported for every model.
 Quick tier sizing (chosen on a G-only pilot of 100 steps for cost, before any comparison): 6,400 training images,
 batch 128, 2 epochs (100 steps), lr 3e-3, 10 warm-up steps, decoder 1 layer of width 48, no dropout. C0 and G-box
 decide no verdict and run in the full tier only (time budget).

@@ -1,4 +1,4 @@
-"""RECO-1..6: retrieval-enhanced fusion on a frozen CLIP (papers/reco.md s7), in the long-tail world of
+"""RECO-1..6: retrieval-enhanced fusion on a frozen CLIP (docs/methods.md, RECO §7), in the long-tail world of
 theory.longtail, with clipcore.memory and clipcore.methods.reco.
 
     pytest experiments/test_reco.py                   # quick tier: 3 seeds, 6 epochs per RECO model
@@ -15,7 +15,7 @@ image and prompt embeddings, through clipcore.evaluate.zero_shot_metrics; accura
 Gains are in points (100 x accuracy), paired by seed. Verdicts: 95 % t-CI wholly past the threshold: holds;
 wholly on the other side: fails; else inconclusive; a row with several parts holds when all hold, fails when any fails.
 
-Pre-registered predictions (from the issue and papers/reco.md; thresholds written before the runs):
+Pre-registered predictions (from the issue and docs/methods.md, RECO §7; thresholds written before the runs):
 - RECO-1  gain(RECO - base) on eval-rare > 5 points.
 - RECO-2  RECO (uni search + cross fusion) - cross search (+ cross fusion) > 0 and RECO - uni fusion (uni search
           + same-modality fusion) > 0, same layer and training.

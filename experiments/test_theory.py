@@ -1,5 +1,6 @@
 """Claims of Chen, Deng, Li, Gu (ICLR 2024) on the linear synthetic world: THY-1 ... THY-4c, generalisation at a
-fixed batch size, alignment and suppression, margins and the positive-pair regulariser (theory.md sections 5, 8).
+fixed batch size, alignment and suppression, margins and the positive-pair regulariser (docs/methods.md, theory §5,
+§8).
 
     pytest experiments/test_theory.py                  # quick tier (3 seeds)
     CLIPCORE_FULL=1 pytest experiments/test_theory.py  # paper tier (5 seeds, more steps)

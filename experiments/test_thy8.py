@@ -1,6 +1,6 @@
-"""THY-8: CLIP+Reg vs CLIP, zero-shot and linear-probe accuracy (theory.md s6, s7: +2.06 zero-shot and +1.54
-linear probe on CC3M, single runs, no error bars), on a nonlinear synthetic task and on the real animal-mnist, on
-the calibrated protocol (experiments/README.md).
+"""THY-8: CLIP+Reg vs CLIP, zero-shot and linear-probe accuracy (docs/methods.md, theory §6, §7: +2.06
+zero-shot and +1.54 linear probe on CC3M, single runs, no error bars), on a nonlinear synthetic task and on the real
+animal-mnist, on the calibrated protocol (experiments/README.md).
 
     pytest experiments/test_thy8.py                  # quick tier: THY-8, 3 seeds (THY-8r: not run, see below)
     CLIPCORE_FULL=1 pytest experiments/test_thy8.py  # paper tier: 5 seeds, THY-8 and THY-8r
@@ -64,7 +64,7 @@ from experiments.common import (FULL, all_of, conclude, controls, family_conf, f
 from theory.world import WorldConfig
 
 LAMBDA = 0.1                                      # pre-registered: the library default
-PAPER_GAIN = {"zero-shot": 2.06, "linear probe": 1.54}   # CC3M, theory.md s7 (points)
+PAPER_GAIN = {"zero-shot": 2.06, "linear probe": 1.54}   # CC3M, docs/methods.md, theory §7 (points)
 NONINFERIOR = -0.5                                # points; reported, not the verdict
 METRICS = ("zero-shot", "linear probe")
 CONF = family_conf(len(METRICS))                  # the row's rule: both metrics, k=2 (Bonferroni)

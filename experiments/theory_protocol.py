@@ -1,6 +1,6 @@
 """The common protocol of the theory claims THY-1 ... THY-7 (experiments/test_theory.py: THY-1 ... 4, margins and
 generalisation; experiments/test_theory_transfer.py: THY-5 ... 7, zero-shot transfer). Protocol
-(theory.md s2 generator, `theory.world.WorldConfig()` defaults: K=10 topics, 10 unique dimensions per
+(docs/methods.md, theory §2 generator, `theory.world.WorldConfig()` defaults: K=10 topics, 10 unique dimensions per
 modality with ||xi|| ~ 3 ||z||, dx=dy=32, noise 0.1): linear towers f = Wx, g = Vy into d=16, L2-normalised
 (cosine scores, so margins are comparable with the ground truth's gamma* ~ 1), fixed temperature tau, fresh
 i.i.d. batches of B=32, plain SGD (momentum 0.9) -- the gradient-descent setting whose vanishing gradients T6

@@ -194,7 +194,8 @@ def test_cli_path_end_to_end(tmp_path):
     assert 1 <= len(anchors) <= 12 and all(a["class"] in CLASSES for a in anchors)
     model, _, ck = ckpt_io.load_model(tmp_path / "logs" / "arf" / "checkpoints" / "latest.pt")
     assert ck["method"] == "arf" and isinstance(model, CLIP)   # an ARF checkpoint loads as a plain CLIP
-    # the reconstruction options of arf.md 3.2/3.4 through the same path: one candidate set, a name-only query
+    # the reconstruction options of docs/methods.md, ARF §3.2/§3.4 through the same path: one candidate set, a
+    # name-only query
     res2 = train(TrainConfig(name="arf-shared", method="arf", init=str(theta0), **common,
                              options={"captions": str(tmp_path / "caps.jsonl"), "pool": str(tmp_path / "pool.jsonl"),
                                       "k": 4, "shared_negatives": True, "query_template": "{}"}))

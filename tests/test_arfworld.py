@@ -1,4 +1,4 @@
-"""Unit tests of theory/arfworld.py: the pool options of arf.md 6 (pool_domains, pool_exclude_zs)."""
+"""Unit tests of theory/arfworld.py: the pool options of docs/methods.md, ARF §6 (pool_domains, pool_exclude_zs)."""
 from __future__ import annotations
 
 import dataclasses

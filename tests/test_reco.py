@@ -49,7 +49,7 @@ def test_fusion_modules_shapes_norm_and_parameter_count():
         out = mod(u, r)
         assert out.shape == (5, D)
         torch.testing.assert_close(out.norm(dim=1), torch.ones(5))
-    # one pre-norm layer: (4 + 2 rho) d^2 + (9 + rho) d  (papers/reco.md s2); 3.15M at CLIP-B/32 width
+    # one pre-norm layer: (4 + 2 rho) d^2 + (9 + rho) d  (docs/methods.md, RECO §2); 3.15M at CLIP-B/32 width
     for d, rho in ((64, 4.0), (128, 1.0)):
         assert fuser_params(Config(mlp_ratio=rho), d) == (4 + 2 * rho) * d * d + (9 + rho) * d
     assert fuser_params(Config(), 512) == 3_152_384

@@ -1,4 +1,4 @@
-"""A multi-domain world with ground truth for ARF (arf.md section 6), on PartWorld's classes and renderer.
+"""A multi-domain world with ground truth for ARF (docs/methods.md, ARF §6), on PartWorld's classes and renderer.
 
 The same part-based classes are drawn in three domains (photo, sketch, painting; ``clipcore.partworld.render``).
 Texts come from generators whose content is known:
@@ -11,7 +11,7 @@ Texts come from generators whose content is known:
 Splits (whole sibling groups, so a zero-shot class never has an ID sibling): ID classes are finetuned on photos
 with prompts only; the shift test is the ID classes as sketches and paintings; the zero-shot test is the other
 classes in all domains. Stage-0 corpus and pool are disjoint draws over all classes and domains; the pool options
-``pool_domains`` and ``pool_exclude_zs`` (arf.md 6) narrow the pool's draw, keeping its size.
+``pool_domains`` and ``pool_exclude_zs`` (docs/methods.md, ARF §6) narrow the pool's draw, keeping its size.
 
     w = ArfWorld(ArfWorldConfig(), seed=0)
     x, y, d = w.draw("pretrain")           # images (N, 3, S, S) float in [-1, 1], labels (N,), domain ids (N,)

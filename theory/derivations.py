@@ -1,6 +1,6 @@
 """sympy derivations behind the theory experiments; tests/test_theory.py checks each against autograd of
 clipcore's losses or against sampling. Each function returns sympy objects (and, where useful, a numeric
-``lambdify``). Tags as in theory.md: [THIRD] what the paper is reported to state, [RECON] our reconstruction.
+``lambdify``). Tags as in docs/methods.md: [THIRD] what the paper is reported to state, [RECON] our reconstruction.
 
 1. ``gap_gradient``      T6 mechanism [THIRD]: the B-sample softmax loss as a function of the score gap,
                          its derivative, the e^{-gap/tau}/tau decay, and the gap at which the gradient falls

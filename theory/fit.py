@@ -7,7 +7,7 @@ theory experiment uses.
     img, txt = embed(model, sample)                                   # (N, d) each
     world, model, traj = train_protocol(cfg, tau=0.1, seed=0, steps=1000)   # all of the above, as the experiments do
 
-Batches from ``fresh_batches`` are i.i.d. draws of B pairs (the population loss E[L_B] of theory.md s3).
+Batches from ``fresh_batches`` are i.i.d. draws of B pairs (the population loss E[L_B] of docs/methods.md, theory §3).
 ``fixed_batches`` (for T1) returns the same (n/B, B, dim) partition of a fixed sample every step: the loss is
 then the empirical loss averaged over the n/B disjoint batches, evaluated with ``torch.func.vmap``.
 

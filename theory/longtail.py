@@ -1,4 +1,4 @@
-"""A long tail of fine-grained classes for RECO (papers/reco.md s7): a frozen base CLIP that knows the frequent
+"""A long tail of fine-grained classes for RECO (docs/methods.md, RECO §7): a frozen base CLIP that knows the frequent
 classes and is weak on the rare ones, and a memory of image-text pairs that holds the rare ones.
 
 Classes: ``groups`` coarse groups x ``fine`` sibling classes (C = groups * fine). In every group the first

@@ -1,5 +1,6 @@
 """What the theory talks about, measured on samples: margins, (alpha, beta, gamma)-completeness, the
-zero-shot top-r error, the zero-shot prompt margin, unique-feature suppression and cross-modal class alignment (theory.md sections 4, 5, 8).
+zero-shot top-r error, the zero-shot prompt margin, unique-feature suppression and cross-modal class alignment
+(docs/methods.md, theory §4, §5, §8).
 
 Scores are inner products of the given embeddings (pass L2-normalised ones for cosine scores).
 """
@@ -15,7 +16,8 @@ from clipcore.evaluate import zero_shot_metrics
 
 
 def margins(img: Tensor, txt: Tensor, z: Tensor, chunk: int = 4096) -> Tensor:
-    """Project margin m(x_i) = s(x_i, y_i) - max_{j: z_j != z_i} s(x_i, y_j) over the given texts (theory.md s4).
+    """Project margin m(x_i) = s(x_i, y_i) - max_{j: z_j != z_i} s(x_i, y_j) over the given texts
+    (docs/methods.md, theory §4).
 
     img (N, D), txt (N, D) paired row by row, z (N, K) shared latents -> (N,). +inf when no text differs."""
     out = []
@@ -32,9 +34,9 @@ def prompt_margins(img: Tensor, prompt_emb: Tensor, labels: Tensor) -> Tensor:
     """Zero-shot prompt margin m(x_i) = s(x_i, p_{c_i}) - max_{k != c_i} s(x_i, p_k) against the K class prompts.
 
     img (N, D), prompt_emb (K, D) (the embedded ``World.prompts()``), labels (N,) classes c_i -> (N,). The
-    separation of shared features the theory's margin is about (theory.md s8.1): the max runs over K - 1 class
-    prompts, not over thousands of captions each carrying its own unsuppressed zeta. m > 0 iff zero-shot top-1
-    is right (ties aside)."""
+    separation of shared features the theory's margin is about (docs/methods.md, theory §8 claim 1): the max runs over
+    K - 1 class prompts, not over thousands of captions each carrying its own unsuppressed zeta. m > 0 iff zero-shot
+    top-1 is right (ties aside)."""
     sc = img @ prompt_emb.T                                               # (N, K)
     pos = sc.gather(1, labels[:, None]).squeeze(1)
     return pos - sc.scatter(1, labels[:, None], -math.inf).max(1).values

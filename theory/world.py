@@ -1,4 +1,4 @@
-"""The linear data model of Chen, Deng, Li, Gu (ICLR 2024) as code (theory.md section 2).
+"""The linear data model of Chen, Deng, Li, Gu (ICLR 2024) as code (docs/methods.md, theory §2).
 
 A pair (x, y) shares a latent z (K topics) and carries unique content in each modality:
 

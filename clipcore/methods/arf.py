@@ -7,11 +7,11 @@ baselines it is measured against, all through the one training loop.
 
 Modes (``Config.mode``), every one starting from the pretrained model theta0 (``--init``):
   ft     image tower + a linear head initialised from theta0's class-prompt embeddings (the zero-shot head),
-         cross-entropy; text tower frozen                                              (arf.md section 4)
+         cross-entropy; text tower frozen                                              (docs/methods.md, ARF §4)
   lpft   the head alone on frozen features (``lp_steps``), then ``ft`` from that head
   flyp   L_FLYP: contrastive finetuning against class prompts, both towers train; same-class images are
          positives, not negatives (``flyp_pos="multi"``; ``"plain"`` = ordinary CLIP loss with duplicates)
-  arf    L_FLYP + lambda_tca * L_TCA + lambda_ita * L_ITA                            (arf.md eq. in 3.3)
+  arf    L_FLYP + lambda_tca * L_TCA + lambda_ita * L_ITA                            (docs/methods.md, ARF §3.3)
          L_TCA = L_CL(x_i, Cap(x_i)): finetune images with a captioner's captions (text-compensated anchor)
          L_ITA = L_CL(x_a, t_a): image-text pairs retrieved from a pool by theta0 (image-text pair anchor)
 ARF-TCA / ARF-ITA are ``arf`` with lambda_ita = 0 / lambda_tca = 0. Controls (ARF-5): ``random_captions``
@@ -68,9 +68,9 @@ class Config:
 def flyp_loss(image: Tensor, prompts: Tensor, labels: Tensor, scale: Tensor | float, pos: str = "multi") -> Tensor:
     """L_FLYP of images (B, D) against class-prompt embeddings ``prompts`` (C, D); labels (B,) index rows of it.
 
-    multi (arf.md 3.3): image -> text over the batch's unique prompts (CE to its own class); text -> image with
-    every same-class image a positive, uniformly weighted. plain: ``contrastive_loss(image, prompts[labels])``
-    (duplicated prompts are negatives of each other: FLYP's false negatives, kept as a check).
+    multi (docs/methods.md, ARF §3.3): image -> text over the batch's unique prompts (CE to its own class); text ->
+    image with every same-class image a positive, uniformly weighted. plain: ``contrastive_loss(image,
+    prompts[labels])`` (duplicated prompts are negatives of each other: FLYP's false negatives, kept as a check).
     """
     if pos == "plain":
         return contrastive_loss(image, prompts[labels], scale)
@@ -194,8 +194,8 @@ def fit_head(features: Tensor, labels: Tensor, head: Tensor, scale: float, steps
 # ----------------------------------------------------------------------------- anchors
 def select_anchors(bank, queries: Tensor, k: int, by: str = "text", *, random: bool = False,
                    seed: int = 0) -> dict[str, Tensor]:
-    """Anchor set A (arf.md 3.2): top-k pool rows per class query, union, deduplicated (a row keeps the class
-    that scored it highest). queries (C, D): theta0's class-prompt embeddings (by="text") or normalised class
+    """Anchor set A (docs/methods.md, ARF §3.2): top-k pool rows per class query, union, deduplicated (a row keeps the
+    class that scored it highest). queries (C, D): theta0's class-prompt embeddings (by="text") or normalised class
     means of theta0's finetune-image features (by="image"). random: the same |A| rows drawn uniformly (ARF-5 ii).
     Returns {"rows" (A,), "cls" (A,), "score" (A,)}."""
     k = min(k, len(bank))

@@ -8,7 +8,7 @@ Image tokens -> bias-free linear bridge + LayerNorm (the memory) -> DETR-style p
 ``num_region_queries`` region queries + 1 image query (learned query embeddings added to zero-initialised targets)
 -> the image query through ``img_proj`` is the global embedding g (used by L_ic and zero-shot; not the CLS token),
 the region queries through ``obj_proj`` are region embeddings r_k, and a 3-layer MLP with sigmoid predicts their
-boxes (cx, cy, w, h). Loss (grain.md s4), with s = exp(logit_scale) <= 100 shared:
+boxes (cx, cy, w, h). Loss (docs/methods.md, GRAIN §4), with s = exp(logit_scale) <= 100 shared:
 
     L = l_ic L_ic + l_box L_box + l_rd L_rd            (official code: l = 1, box_scale 1.5 inside L_box)
 
@@ -80,7 +80,8 @@ class Config:
 # ----------------------------------------------------------------------------- presets
 @register("grain-tiny")
 def _grain_tiny() -> CLIPConfig:
-    # grain.md s2 CPU scale: ViT 32 px / patch 4 (64 tokens), width 128 x 4; text 128 x 2; joint space 64.
+    # CPU scale (docs/methods.md, GRAIN §2): ViT 32 px / patch 4 (64 tokens), width 128 x 4; text 128 x 2;
+    # joint space 64.
     return CLIPConfig(embed_dim=64, vision=VisionConfig(kind="vit", image_size=32, patch_size=4, width=128, layers=4),
                       text=TextConfig(context_length=24, width=128, layers=2, heads=4), tokenizer="word")
 
@@ -195,7 +196,8 @@ def similarity_match(regions: Tensor, text: Tensor, region_text: Tensor, box_mas
 
 def region_description_loss(regions: Tensor, text: Tensor, region_text: Tensor, box_mask: Tensor, match: Match,
                             scale: Tensor, mask_duplicates: bool = False) -> Tensor:
-    """L_rd = -1/|sigma| sum_{(i,k,j)} log exp(s r_ik . d_ij) / sum_{d in D} exp(s r_ik . d)   (grain.md s4).
+    """L_rd = -1/|sigma| sum_{(i,k,j)} log exp(s r_ik . d_ij) / sum_{d in D} exp(s r_ik . d)
+    (docs/methods.md, GRAIN §4).
 
     regions (B, Q, D) and text (U, D) normalised; region_text (B, T) indexes ``text``; D = every description
     instance of the batch. Equal strings have equal embeddings, so the sum over instances is a sum over the

@@ -1,4 +1,5 @@
-"""Boxes for GRAIN (grain.md section 4): conversions, IoU / GIoU, the per-image Hungarian matcher and the box loss.
+"""Boxes for GRAIN (docs/methods.md, GRAIN §4): conversions, IoU / GIoU, the per-image Hungarian matcher and the box
+loss.
 
 Boxes are normalised to [0, 1]. The box head predicts ``(cx, cy, w, h)`` (sigmoid outputs); overlaps are computed
 on ``(x1, y1, x2, y2)``. Every function broadcasts over leading dimensions, so the same code scores matched pairs
@@ -65,7 +66,7 @@ def giou(a: Tensor, b: Tensor) -> Tensor:
 # ----------------------------------------------------------------------------- matching
 @torch.no_grad()
 def match_cost(pred: Tensor, target: Tensor, l1_weight: float = 5.0, giou_weight: float = 2.0) -> Tensor:
-    """The matcher's cost (grain.md s4), box-only: C_kj = 5 ||b_k - b_j||_1 - 2 GIoU(b_k, b_j).
+    """The matcher's cost (docs/methods.md, GRAIN §4), box-only: C_kj = 5 ||b_k - b_j||_1 - 2 GIoU(b_k, b_j).
 
     pred (B, Q, 4), target (B, T, 4), both (cx, cy, w, h) -> (B, Q, T). L1 on cxcywh, GIoU on xyxy.
     """

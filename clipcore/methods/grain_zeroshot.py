@@ -1,4 +1,4 @@
-"""GRAIN's zero-shot classification with descriptions and grounding diagnostics (grain.md s6, s10).
+"""GRAIN's zero-shot classification with descriptions and grounding diagnostics (docs/methods.md, GRAIN §6, §10).
 
     vecs = class_embeddings(model, tok, names, descriptors, templates, mode="name+desc")   # (C, D)
     scores = zero_shot_scores(g, vecs, regions, desc_emb, desc_mask, alpha=0.7)            # (N, C)
@@ -38,7 +38,7 @@ def _encode(model, tokenizer, texts: list[str], device, batch: int = 1024) -> Te
 @torch.no_grad()
 def class_embeddings(model, tokenizer, names: list[str], descriptors: list[list[str]], templates: list[str],
                      mode: str = "name+desc", renorm: bool = False, device="cpu") -> Tensor:
-    """(C, D) class vectors (grain.md s6), each the mean of L2-normalised prompt embeddings:
+    """(C, D) class vectors (docs/methods.md, GRAIN §6), each the mean of L2-normalised prompt embeddings:
 
     name       mean_t Enc(t(n_y))
     name+desc  1/(|D_y||T|) sum_{d, t} Enc(t(n_y) + conn(d) + d)        (the official code's mode)
@@ -67,7 +67,8 @@ def class_embeddings(model, tokenizer, names: list[str], descriptors: list[list[
 
 def zero_shot_scores(image: Tensor, classes: Tensor, regions: Tensor | None = None, desc: Tensor | None = None,
                      desc_mask: Tensor | None = None, alpha: float = 1.0) -> Tensor:
-    """score(x, y) = alpha g.c_y + (1 - alpha) 1/Q sum_k max_{d in D_y} r_k . Enc(d)     (grain.md s6) -> (N, C).
+    """score(x, y) = alpha g.c_y + (1 - alpha) 1/Q sum_k max_{d in D_y} r_k . Enc(d)  -> (N, C)
+    (docs/methods.md, GRAIN §6).
 
     image (N, D) and regions (N, Q, D) normalised; classes (C, D); desc (C, M, D) raw descriptor embeddings
     (no templates) with desc_mask (C, M). All Q region queries count, on a part or not, as in the code.

@@ -17,7 +17,7 @@ Only phi_I, phi_T (and the temperature) train; v, t and the neighbour lists of t
 once. A training query never sees its own pair (excluded by id when the memory is the training split).
 :class:`RECO` exposes ``encode_image`` / ``encode_text`` returning the refined embeddings, so zero-shot and
 retrieval go through :mod:`clipcore.evaluate` unchanged. Tags in comments: [PAPER] stated by the paper,
-[RECON] a reconstruction (papers/reco.md), exposed as an option of :class:`Config`.
+[RECON] a reconstruction (docs/methods.md, RECO), exposed as an option of :class:`Config`.
 """
 from __future__ import annotations
 
@@ -81,7 +81,7 @@ class Config:
 
 # ----------------------------------------------------------------------------- fusion modules
 class TransformerFusion(nn.Module):
-    """phi(u; r) = h_0 / ||h_0|| with h = TEL([u; r_1; ...; r_k]) (papers/reco.md s2).
+    """phi(u; r) = h_0 / ||h_0|| with h = TEL([u; r_1; ...; r_k]) (docs/methods.md, RECO §2).
 
     u (B, D) query embedding, r (B, k, D) retrieved embeddings in rank order -> (B, D) unit vectors.
     TEL = ``layers`` pre-norm blocks (clipcore.models.Block: x + attn(ln x), x + mlp(ln x)), width D; one block
@@ -160,7 +160,7 @@ class RECO(nn.Module):
 
     ``encode_image`` / ``encode_text`` return refined, L2-normalised embeddings (B, D); with alpha < 1 they
     return the unit vector [sqrt(alpha) u_bar; sqrt(1 - alpha) u] (B, 2D), whose inner products are exactly
-    the mixed score alpha cos(v_bar, t_bar) + (1 - alpha) cos(v, t) of papers/reco.md s4."""
+    the mixed score alpha cos(v_bar, t_bar) + (1 - alpha) cos(v, t) of docs/methods.md, RECO §4."""
 
     def __init__(self, base: nn.Module, memory: MemoryBank | None, cfg: Config = Config(), dim: int | None = None):
         super().__init__()
@@ -226,7 +226,7 @@ class RECO(nn.Module):
 # ----------------------------------------------------------------------------- loss
 def reco_loss(v: Tensor, t: Tensor, v_bar: Tensor, t_bar: Tensor, logit_scale: Tensor | float, *,
               lambdas: tuple[float, float, float] = (1.0, 1.0, 1.0), labels: Tensor | None = None) -> tuple[Tensor, dict]:
-    """L = l1 NCE(v_bar, t_bar) + l2 NCE(v_bar, t) + l3 NCE(v, t_bar) (papers/reco.md s3, [RECON]).
+    """L = l1 NCE(v_bar, t_bar) + l2 NCE(v_bar, t) + l3 NCE(v, t_bar) (docs/methods.md, RECO §3, [RECON]).
 
     All inputs (B, D), row i of each from pair i. NCE is clipcore's symmetric InfoNCE (mean of both directions);
     labels (B,): pairs with equal labels are all positives. A term with weight 0 is skipped.
