@@ -9,7 +9,7 @@ BPE vocabulary ships in its wheel) and gives it the interface the loop, the eval
 ``encode_image`` / ``encode_text`` (``normalize``), ``forward -> (image, text, logit_scale)``,
 ``logit_scale_value()`` (exp, capped at 100 as open_clip's loss clamps it), ``input_size()``,
 ``set_grad_checkpointing()`` and ``.tokenizer``. A checkpoint of such a run records ``open_clip_model`` and loads
-back with :func:`clipcore.checkpoint.load_model`, so RECO and ARF take it as their frozen base (``--init``).
+back with :func:`clipcore.methods.load_model`, so RECO and ARF take it as their frozen base (``--init``).
 """
 from __future__ import annotations
 

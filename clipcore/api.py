@@ -51,7 +51,8 @@ def _device(device: str | torch.device | None) -> torch.device:
 
 def _load(path: str | os.PathLike, device: torch.device):
     """(model, ImageTransform, tokenizer) of a clipcore checkpoint."""
-    from clipcore.checkpoint import load_model, preprocess_of
+    from clipcore.checkpoint import preprocess_of
+    from clipcore.methods import load_model
     from clipcore.images import ImageTransform
     model, tokenizer, ckpt = load_model(path, str(device))
     return model, ImageTransform(preprocess_of(ckpt, model)), tokenizer

@@ -13,7 +13,7 @@
 - **Self-describing.** Besides the weights, a checkpoint records how its images were preprocessed
   (``"preprocess"``: :class:`clipcore.images.PreprocessCfg` as a dict) and its tokenizer (``"tokenizer"``:
   ``{"kind": "bpe"|"word"|"open_clip", "context_length", ...}``, a word tokenizer's vocabulary included);
-  :func:`preprocess_of` and :func:`load_model` read them back (older files: :func:`preprocess_of` warns once).
+  :func:`preprocess_of` and :func:`clipcore.methods.load_model` read them back (older files: :func:`preprocess_of` warns once).
 - **A predecessor.** With ``keep_previous`` the replaced file becomes ``<stem>.prev<suffix>`` (its sidecar
   too), in an order that leaves at every instant one of the two verifiable (or the new one complete but, until its
   sidecar is written, unverified); ``load(..., fallback=True)`` uses the predecessor, with a warning, when the
@@ -38,7 +38,7 @@ import torch
 from clipcore.data import default_preprocess
 from clipcore.errors import ConfigError, UserError
 from clipcore.images import PreprocessCfg
-from clipcore.models import CLIP, config_from_dict
+from clipcore.models import config_from_dict
 from clipcore.tokenizer import WordTokenizer, build_tokenizer
 
 # what earlier checkpoints need beyond weights_only's defaults: numpy's RNG state as an array (data only)
@@ -441,37 +441,3 @@ def tokenizer_of(ckpt: dict):
     if cfg is None:
         raise CheckpointError(f"{ckpt.get('loaded_from', 'the checkpoint')} records no tokenizer and no model config")
     return tokenizer_for(config_from_dict(cfg), rec)
-
-
-def model_from_meta(meta: dict) -> tuple[torch.nn.Module, object]:
-    """An untrained model and its tokenizer from a checkpoint's model entries: ``open_clip_model`` (an
-    :class:`clipcore.adapters.OpenCLIP`) or ``model_config`` (a clipcore CLIP) with ``tokenizer``."""
-    if meta.get("open_clip_model"):
-        from clipcore.adapters import OpenCLIP
-        model = OpenCLIP(meta["open_clip_model"])
-        return model, model.tokenizer
-    cfg = config_from_dict(meta["model_config"])
-    return CLIP(cfg), tokenizer_for(cfg, meta.get("tokenizer"))
-
-
-MODEL_KEYS = ("model_config", "open_clip_model", "tokenizer")   # the entries model_from_meta reads
-
-
-def load_model(path: str | os.PathLike, device: str = "cpu") -> tuple[CLIP, object, dict]:
-    """Checkpoint -> (model in eval mode, tokenizer, the checkpoint dict). Every model it returns has
-    ``encode_image`` / ``encode_text``; GRAIN and RECO checkpoints come back as their method's model (global
-    image-query embedding; refined embeddings with the training memory), ARF's as the finetuned CLIP."""
-    ckpt = load(path)
-    if ckpt.get("method") == "grain":
-        from clipcore.methods.grain import load_grain
-        return load_grain(path, device, ckpt=ckpt)
-    if ckpt.get("method") == "reco":
-        from clipcore.methods.reco import load_reco
-        return (*load_reco(path, device=device, ckpt=ckpt), ckpt)
-    state = ckpt["model"]
-    prefix = ckpt.get("model_prefix")   # methods that wrap the CLIP (e.g. ARF's "clip.") say where it sits
-    if prefix:
-        state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-    model, tokenizer = model_from_meta(ckpt)     # a CLIP, or an OpenCLIP (--model open_clip:NAME)
-    model.load_state_dict(state)
-    return model.to(device).eval(), tokenizer, ckpt

@@ -23,10 +23,11 @@ from pathlib import Path
 
 import torch
 
-from clipcore.checkpoint import load_model, preprocess_of
+from clipcore.checkpoint import preprocess_of
 from clipcore.data import DataError, load_dataset
 from clipcore.errors import ConfigError, MissingFileError, cli
 from clipcore.evaluate import encode_images, evaluate_model, linear_probe
+from clipcore.methods import load_model
 
 LAYOUTS = ("a .csv/.tsv (filepath, caption[, label]) or a folder with one subfolder of images per class")
 

@@ -15,7 +15,7 @@ T = 0.5 (s/B) sum_i <x_i, ybar_c(i)> + 0.5 (s/B) sum_j <y_j, xbar_c(j)>, class m
 other side. Diagonal targets live inside :class:`_TiledLSE` (their value read from the tiles' own
 scores, their gradient subtracted on G's diagonal before it is cast: nothing of size B x D is saved
 for them); label targets are class sums, O(k D) for k classes, through plain autograd, as are the
-regulariser (``losses.pair_penalty``) and the bias (a constant bias cancels in softmax cross-entropy, so
+regulariser (``regulariser.pair_penalty``) and the bias (a constant bias cancels in softmax cross-entropy, so
 its gradient is exactly zero).
 
 Precision: one per call. The dtype of the matmuls is resolved on entry (:func:`compute_dtype`: autocast's
@@ -78,8 +78,8 @@ import math
 import torch
 from torch import Tensor
 
-from clipcore.fused_tiles import _acc_dtype, _scores, narrow_, tile_kernels
-from clipcore.losses import pair_penalty
+from clipcore.fused_tiles import _acc_dtype, _scores, _weights, narrow_, tile_kernels
+from clipcore.regulariser import pair_penalty
 
 # Tiles are square, TILE x TILE (smaller only at the edges): every matmul of a tile then has an inner
 # dimension >= min(TILE, D); thin tiles make dY += G^T X_i a short-K matmul. On the 2-core CPU, B = 4096,
@@ -101,14 +101,6 @@ def tile_sizes(m: int, n: int, device: torch.device, tile: int | None, col_tile:
 
 
 # ---------------------------------------------------------------- the autograd Function
-def _weights(w_r: float, w_c: float, w_t: float) -> tuple[float, float, float, float]:
-    """Loss weights -> (W, w_r / W, w_c / W, w_t / W) with W = max(w_r, w_c): G / W has O(1) entries (fp16-safe), and
-    with w_r = w_c (every call here) the log-sum-exp shifts need no log-weight folded in (exact: a shift of |lse| ~
-    1e3 cannot carry log 0.5 without rounding it by ~1e-4)."""
-    big = max(w_r, w_c)
-    return big, w_r / big, w_c / big, w_t / big
-
-
 class _TiledLSE(torch.autograd.Function):
     """w_r sum_i lse_j(S_ij) + w_c sum_j lse_i(S_ij) - w_t sum_i S_{i, offset+i} of S = s X Y^T, tile by tile.
 

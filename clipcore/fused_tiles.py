@@ -137,3 +137,11 @@ def narrow_(buf: Tensor, dtype: torch.dtype) -> Tensor:
     for i in range(0, n, step):
         out[i:i + step] = flat[i:i + step].to(dtype)  # the temporary is one chunk: source and target overlap
     return out.view(buf.shape)
+
+
+def _weights(w_r: float, w_c: float, w_t: float) -> tuple[float, float, float, float]:
+    """Loss weights -> (W, w_r / W, w_c / W, w_t / W) with W = max(w_r, w_c): G / W has O(1) entries (fp16-safe), and
+    with w_r = w_c (every call here) the log-sum-exp shifts need no log-weight folded in (exact: a shift of |lse| ~
+    1e3 cannot carry log 0.5 without rounding it by ~1e-4)."""
+    big = max(w_r, w_c)
+    return big, w_r / big, w_c / big, w_t / big

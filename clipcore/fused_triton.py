@@ -330,7 +330,7 @@ class _TritonLSE(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out):
-        from clipcore.fused import _weights
+        from clipcore.fused_tiles import _weights
 
         x, y, scale, row, col, target = ctx.saved_tensors
         w_r, w_c, w_t, offset, block_m, block_n = ctx.cfg

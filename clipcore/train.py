@@ -43,7 +43,7 @@ from clipcore.flags import Parser, add_config_flags
 from clipcore.evaluate import evaluate_model
 from clipcore.images import PreprocessCfg
 from clipcore.losses import LOSSES, REG_PAIRS, make_loss
-from clipcore.methods import Task, available, get_method, method_config, trainable_parameters
+from clipcore.methods import Task, available, get_method, load_model, method_config, trainable_parameters
 from clipcore.models import CLIP, get_config
 from clipcore.runlog import Metrics, StopSignals, claim, elapsed_bar, summary, summary_writer
 
@@ -211,7 +211,7 @@ def data_name(source: str) -> str:
 def build_model(cfg: TrainConfig, device: torch.device) -> tuple[torch.nn.Module, object, dict]:
     """(model, tokenizer, checkpoint meta) from --init, or --model (a preset or open_clip:NAME) + --pretrained."""
     if cfg.init:
-        model, tokenizer, ckpt = ckpt_io.load_model(cfg.init, device)
+        model, tokenizer, ckpt = load_model(cfg.init, device)
         meta = {k: ckpt[k] for k in ("model_config", "open_clip_model") if k in ckpt}
         meta["preprocess"] = ckpt_io.preprocess_of(ckpt, model).to_dict()   # its images, read as in its training
     elif cfg.model.startswith("open_clip:"):

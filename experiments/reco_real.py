@@ -20,7 +20,8 @@ from pathlib import Path
 
 import torch
 
-from clipcore.checkpoint import load_model, preprocess_of
+from clipcore.checkpoint import preprocess_of
+from clipcore.methods import load_model
 from clipcore.data import load_dataset
 from clipcore.evaluate import evaluate_model
 from clipcore.train import parse_args, train

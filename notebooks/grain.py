@@ -112,7 +112,7 @@ fig.savefig(OUT / "partworld_domains.png", dpi=120)
 # 5 region queries' boxes; green: the clean part boxes.
 
 # %%
-from clipcore.methods import grain  # noqa: E402
+from clipcore.methods import grain, load_model  # noqa: E402
 from clipcore.train import TrainConfig, train  # noqa: E402
 
 cfg = TrainConfig(method="grain", model="grain-xs", batch_size=128, epochs=2, lr=3e-3, warmup=10, seed=0,
@@ -120,7 +120,7 @@ cfg = TrainConfig(method="grain", model="grain-xs", batch_size=128, epochs=2, lr
                   options=dict(world_train=6400, decoder_width=48, decoder_layers=1, decoder_ffn=96, dropout=0.0))
 metrics = train(cfg)                  # the same run as experiments/test_grain.py's G, seed 0 (deterministic on CPU)
 print({k: round(v, 3) for k, v in metrics.items() if k.startswith(("novel/", "grounding/")) and "fusion" not in k})
-model, tokenizer, _ = grain.load_grain(str(Path(metrics["run_dir"]) / "checkpoints" / "latest.pt"))
+model, tokenizer, _ = load_model(str(Path(metrics["run_dir"]) / "checkpoints" / "latest.pt"))
 out = grain.image_outputs(model, grain.from_records(test.records, test.images, image_size=32).all_images(), "cpu")
 fig, axes = plt.subplots(2, 6, figsize=(10, 3.8))
 for ax, c in zip(axes.flat, range(0, 200, 17)):

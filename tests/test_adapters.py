@@ -7,8 +7,8 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-from clipcore import checkpoint as ckpt_io
 from clipcore.adapters import OpenCLIP, load_pretrained
+from clipcore.methods import load_model
 from clipcore.models import CLIP, get_config
 from clipcore.train import TrainConfig, train
 
@@ -79,7 +79,7 @@ def test_train_an_open_clip_model_then_eval_reco_and_arf_on_it(tmp_path, capsys)
                             batch_size=4, max_steps=1, warmup=1, log_every=1))
     assert len(out["losses"]) == 1 and out["losses"][0] > 0
     base = tmp_path / "oc" / "checkpoints" / "latest.pt"
-    model, tokenizer, ckpt = ckpt_io.load_model(base)
+    model, tokenizer, ckpt = load_model(base)
     assert isinstance(model, OpenCLIP) and ckpt["open_clip_model"] == SMALL
     assert ckpt["tokenizer"] == {"kind": "open_clip", "name": SMALL, "context_length": 77}
     assert ckpt["preprocess"]["image_size"] == 224 and ckpt["preprocess"]["interpolation"] == "bicubic"

@@ -9,9 +9,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from clipcore import checkpoint as ckpt_io
 from clipcore.memory import MemoryBank
-from clipcore.methods import arf
+from clipcore.methods import arf, load_model
 from clipcore.models import CLIP, get_config
 from clipcore.tokenizer import WordTokenizer
 from clipcore.train import TrainConfig, train
@@ -192,7 +191,7 @@ def test_cli_path_end_to_end(tmp_path):
     assert 0 <= res["acc1"] <= 1 and set(res) >= {"wise0/acc1", "wise0.5/acc1"}
     anchors = [json.loads(line) for line in open(tmp_path / "anchors.jsonl")]
     assert 1 <= len(anchors) <= 12 and all(a["class"] in CLASSES for a in anchors)
-    model, _, ck = ckpt_io.load_model(tmp_path / "logs" / "arf" / "checkpoints" / "latest.pt")
+    model, _, ck = load_model(tmp_path / "logs" / "arf" / "checkpoints" / "latest.pt")
     assert ck["method"] == "arf" and isinstance(model, CLIP)   # an ARF checkpoint loads as a plain CLIP
     # the reconstruction options of docs/methods.md, ARF §3.2/§3.4 through the same path: one candidate set, a
     # name-only query

@@ -20,6 +20,7 @@ from clipcore.data import CLASSNAMES, _animal_mnist, default_preprocess, load_da
 from clipcore.eval import evaluate_checkpoint, main as eval_main, to_json
 from clipcore.evaluate import zero_shot_classifier
 from clipcore.images import PreprocessCfg
+from clipcore.methods import load_model
 from clipcore.train import TrainConfig, train
 
 README = Path(__file__).resolve().parent.parent / "README.md"
@@ -63,7 +64,7 @@ def test_default_model_scores_the_same_on_its_test_images_as_png_csv(trained):
     m = evaluate_checkpoint(str(ckpt), str(root / "test.csv"))
     assert result["acc1"] > 0.5 and abs(m["acc1"] - result["acc1"]) <= 0.01, (m["acc1"], result["acc1"])
     # the same files read with the CSV's own default (CLIP's statistics): the mismatch the record prevents
-    model, tok, _ = ckpt_io.load_model(ckpt)
+    model, tok, _ = load_model(ckpt)
     wrong = load_dataset(root / "test.csv", preprocess=PreprocessCfg.for_files(32, 3))
     from clipcore.evaluate import evaluate_model
     assert evaluate_model(model, tok, wrong, retrieval=False)["acc1"] < result["acc1"] - 0.05

@@ -196,10 +196,11 @@ def test_build_trains_a_step_and_evaluates_on_a_small_partworld():
     assert math.isfinite(loss.item()) and {"ic", "box", "rd"} <= logs.keys()
     m = task.evaluate("test")
     assert list(m)[0] == "acc1" and 0 <= m["novel/name+desc/acc"] <= 1 and 0 <= m["grounding/box_iou50"] <= 1
-    # the checkpoint the loop writes loads back through clipcore.checkpoint.load_model (what clipcore.eval uses)
+    # the checkpoint the loop writes loads back through clipcore.methods.load_model (what clipcore.eval uses)
     import dataclasses
     import tempfile
-    from clipcore.checkpoint import load_model, save_atomic
+    from clipcore.checkpoint import save_atomic
+    from clipcore.methods import load_model
     with tempfile.TemporaryDirectory() as d:
         path = f"{d}/grain.pt"
         save_atomic({"model": task.model.state_dict(), "method": "grain", "train_config": dataclasses.asdict(cfg),
@@ -220,7 +221,7 @@ def test_cli_trains_on_a_written_partworld(tmp_path):
     """`python -m clipcore.partworld DIR` then `python -m clipcore.train --method grain --train-data DIR/annotations.jsonl`:
     the annotation-file path of the loader, the test split read back from test.jsonl/classes.json, the loop's
     checkpoint, and clipcore.eval's loader on it."""
-    from clipcore.checkpoint import load_model
+    from clipcore.methods import load_model
     from clipcore.partworld import main as write_world
     from clipcore.train import parse_args, train
     write_world([str(tmp_path / "pw"), "--n-train", "48", "--n-test-per-class", "1"])

@@ -10,13 +10,14 @@ import torch.nn.functional as F
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from clipcore.checkpoint import load_model, save_atomic
+from clipcore.checkpoint import load, save_atomic
 from clipcore.evaluate import retrieval_metrics, zero_shot_metrics
 from clipcore.losses import contrastive_loss
 from clipcore.memory import MemoryBank
-from clipcore.methods import trainable_parameters
-from clipcore.methods.reco import (RECO, Config, MLPFusion, TransformerFusion, fuser_params, load_reco, make_task,
-                                   precompute, reco_loss)
+from clipcore.methods import load_model, trainable_parameters
+from clipcore.methods.reco import (RECO, Config, MLPFusion, TransformerFusion, fuser_params, make_task, precompute,
+                                   reco_loss)
+from clipcore.methods.reco import load as load_reco
 from clipcore.models import CLIP, get_config
 from clipcore.train import TrainConfig
 
@@ -180,7 +181,7 @@ def test_cli_plugin_end_to_end(tmp_path):
     path = tmp_path / "reco.pt"
     save_atomic({"model": task.model.state_dict(), "method": "reco", "train_config": dataclasses.asdict(tc),
                  **task.meta}, path)
-    model, _ = load_reco(path, memory=task.model.memory)      # (memory=None re-embeds the 8000 train pairs: ~5 s)
+    model, _ = load_reco(load(path), memory=task.model.memory)      # (memory=None re-embeds the 8000 train pairs: ~5 s)
     assert model.cfg.k == 4 and len(model.memory) == 8000
     x = torch.randn(3, 1, 16, 16)
     with torch.no_grad():
@@ -189,7 +190,7 @@ def test_cli_plugin_end_to_end(tmp_path):
     legacy = {k: v for k, v in task.meta.items() if k not in ("base", "preprocess")}   # written before "base"
     save_atomic({"model": task.model.state_dict(), "method": "reco", "train_config": dataclasses.asdict(tc),
                  **legacy, "base_model_config": dataclasses.asdict(cfg)}, tmp_path / "old.pt")
-    old, _ = load_reco(tmp_path / "old.pt", memory=task.model.memory)
+    old, _ = load_reco(load(tmp_path / "old.pt"), memory=task.model.memory)
     with torch.no_grad():
         torch.testing.assert_close(old.encode_image(x), task.model.encode_image(x))
     model, _, ckpt = load_model(path)        # what clipcore.eval does: the memory re-embedded from train_config

@@ -259,7 +259,7 @@ def test_run_folder_names_drop_shard_patterns(tmp_path):
 
 # ----------------------------------------------------------------------------- python -m clipcore.memory
 def test_memory_cli_builds_what_reco_reads(folder, tmp_path, capsys):
-    from clipcore.checkpoint import load_model
+    from clipcore.methods import load_model
     from clipcore.data import load_dataset
     from clipcore.memory import MemoryBank, build_memory
     from clipcore.memory import main as memory_main

@@ -184,6 +184,44 @@ def test_method_plugin_flags_and_options(monkeypatch):
         methods.get_method("nope")
 
 
+@pytest.mark.parametrize("method,options,match", [
+    ("arf", {"mode": "bogus"}, "--arf-mode 'bogus'"), ("arf", {"k": 0}, "k >= 1"),
+    ("arf", {"shared_negatives": True, "flyp_pos": "plain"}, "needs --arf-flyp-pos multi"),
+    ("grain", {"match": "iou"}, "--grain-match 'iou'"), ("grain", {"decoder_width": 30}, "dividing decoder_width"),
+    ("reco", {"k": 0}, "k >= 1")])
+def test_method_options_fail_before_the_checkpoint_is_read(tmp_path, method, options, match):
+    """Every method's Config checks its options in __post_init__: a bad one is named although --init is missing."""
+    with pytest.raises(ConfigError, match=match):
+        train(TrainConfig(method=method, init=str(tmp_path / "missing.pt"), options=options, logs=str(tmp_path)))
+
+
+def test_load_model_dispatches_through_the_registry(tmp_path, monkeypatch):
+    """clipcore.methods.load_model builds a checkpoint's model with the ``load`` of the method named by
+    ckpt["method"]: a new method is its module and its METHODS entry, clipcore.checkpoint is not edited."""
+    import sys
+    import types
+
+    from clipcore import methods
+
+    seen = {}
+
+    def load(ckpt, device):
+        seen["ckpt"] = ckpt
+        return torch.nn.Linear(2, 2), "tok"
+
+    mod = types.ModuleType("fake_method", "A fake method.")
+    mod.load = load
+    monkeypatch.setitem(sys.modules, "fake_method", mod)
+    monkeypatch.setitem(methods.METHODS, "fake", "fake_method")
+    ckpt_io.save_atomic({"model": {}, "method": "fake", "step": 1}, tmp_path / "fake.pt")
+    model, tok, ckpt = methods.load_model(tmp_path / "fake.pt")
+    assert isinstance(model, torch.nn.Linear) and not model.training and tok == "tok"
+    assert ckpt is seen["ckpt"] and ckpt["method"] == "fake"
+    ckpt_io.save_atomic({"model": {}, "method": "gone", "step": 1}, tmp_path / "gone.pt")
+    with pytest.raises(ckpt_io.CheckpointError, match="gone.pt was written by --method 'gone'.*known: clip, "):
+        methods.load_model(tmp_path / "gone.pt")
+
+
 def test_init_continues_from_a_checkpoint(tmp_path):
     """--init starts the CLIP method from a checkpoint's weights (its model config wins over --model)."""
     first = train(TrainConfig(logs=str(tmp_path), name="a", max_steps=2, **FAST))

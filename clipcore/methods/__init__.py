@@ -1,8 +1,15 @@
 """Paper methods as plug-ins of the one training loop (``clipcore.train``).
 
-A method is a module with a ``Config`` dataclass (its options, defaults visible in one place) and a function
-``build(cfg: TrainConfig, mcfg: Config, device) -> Task``. The loop owns the optimiser, schedule, precision,
-checkpoints, logging and the NaN guard; the method owns its model, data, batch format, loss and evaluation:
+A method is one module and its entry in :data:`METHODS`. The module defines
+
+- ``Config``: a dataclass of its options (defaults visible in one place) that checks them in ``__post_init__``, so
+  a bad option fails before any checkpoint, memory or pool is read;
+- ``build(cfg: TrainConfig, mcfg: Config, device) -> Task``: what the training loop runs;
+- ``load(ckpt: dict, device) -> (model, tokenizer)``: the model of a checkpoint it wrote (``ckpt["method"]`` names
+  the method), which :func:`load_model` returns; :mod:`clipcore.checkpoint` itself knows no method.
+
+The loop owns the optimiser, schedule, precision, checkpoints, logging and the NaN guard; the method owns its
+model, data, batch format, loss and evaluation:
 
     python -m clipcore.train --method reco --init runs/base/checkpoints/latest.pt --reco-k 16
     train(TrainConfig(method="reco", init="base.pt", options={"k": 16}))
@@ -14,15 +21,18 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import os
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
 import torch
 from torch import Tensor
 
+from clipcore import checkpoint as ckpt_io
 from clipcore.errors import ConfigError
+from clipcore.models import CLIP, config_from_dict
 
-# name -> module path; each module defines Config and build(cfg, mcfg, device) -> Task
+# name -> module path; each module defines Config, build(cfg, mcfg, device) -> Task and load(ckpt, device)
 METHODS = {
     "reco": "clipcore.methods.reco",
     "grain": "clipcore.methods.grain",
@@ -43,7 +53,7 @@ class Task:
     evaluate        split name ("val" or "test") -> {metric: float}, "acc1" first when there is one; None: no eval
     eval_splits     which of "val"/"test" exist (val after each epoch, test at the end)
     meta            extra checkpoint entries, e.g. {"model_config": ..., "tokenizer": ..., "preprocess": ...} so the
-                    result loads with :func:`clipcore.checkpoint.load_model` and reads images as it was trained
+                    result loads with :func:`load_model` and reads images as it was trained
 
     Optional, for exact gradient accumulation (``--accum-freq K``, GradCache) and the global-batch loss under
     torchrun (``step`` is then ``loss_from_embeddings(*embed(batch))``):
@@ -101,16 +111,52 @@ def load_init(cfg, device, why: str) -> tuple[torch.nn.Module, object, dict, dic
     the ``clipcore.data.load_dataset`` keywords that read images as that model was trained on them (its
     checkpoint's preprocessing record, :func:`clipcore.checkpoint.preprocess_of`; any encoder, open_clip's
     included). ``why``: the error when --init is missing."""
-    from clipcore.checkpoint import load_model, preprocess_of
     if not cfg.init:
         raise ConfigError(why)
     model, tokenizer, ckpt = load_model(cfg.init, device)
-    return model, tokenizer, ckpt, dict(preprocess=preprocess_of(ckpt, model), seed=cfg.seed, skip_bad=cfg.skip_bad)
+    return model, tokenizer, ckpt, dict(preprocess=ckpt_io.preprocess_of(ckpt, model), seed=cfg.seed,
+                                        skip_bad=cfg.skip_bad)
 
 
 def base_meta(ckpt: dict, data_kw: dict) -> dict:
     """Checkpoint entries of a method built on ``--init`` that rebuild its base model
-    (:func:`clipcore.checkpoint.model_from_meta`) and read images as it did: model config or open_clip name,
-    tokenizer, preprocessing."""
-    from clipcore.checkpoint import MODEL_KEYS
+    (:func:`model_from_meta`) and read images as it did: model config or open_clip name, tokenizer, preprocessing."""
     return {**{k: ckpt[k] for k in MODEL_KEYS if k in ckpt}, "preprocess": data_kw["preprocess"].to_dict()}
+
+
+# ----------------------------------------------------------------------------- loading what a method wrote
+MODEL_KEYS = ("model_config", "open_clip_model", "tokenizer")   # the entries model_from_meta reads
+
+
+def model_from_meta(meta: dict) -> tuple[torch.nn.Module, object]:
+    """An untrained model and its tokenizer from a checkpoint's model entries (:data:`MODEL_KEYS`):
+    ``open_clip_model`` (an :class:`clipcore.adapters.OpenCLIP`) or ``model_config`` (a clipcore CLIP) with
+    ``tokenizer``."""
+    if meta.get("open_clip_model"):
+        from clipcore.adapters import OpenCLIP
+        model = OpenCLIP(meta["open_clip_model"])
+        return model, model.tokenizer
+    cfg = config_from_dict(meta["model_config"])
+    return CLIP(cfg), ckpt_io.tokenizer_for(cfg, meta.get("tokenizer"))
+
+
+def load_clip(ckpt: dict, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, object]:
+    """The loader of plain CLIP pretraining (``--method clip``): a clipcore CLIP or an OpenCLIP
+    (``--model open_clip:NAME``) with the checkpoint's weights, and its tokenizer."""
+    model, tokenizer = model_from_meta(ckpt)
+    model.load_state_dict(ckpt["model"])
+    return model, tokenizer
+
+
+def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, object, dict]:
+    """Checkpoint -> (model in eval mode on ``device``, tokenizer, the checkpoint dict), read and verified by
+    :func:`clipcore.checkpoint.load` and built by the ``load`` of the method that wrote it (``ckpt["method"]``;
+    none: plain CLIP). Every model it returns has ``encode_image`` / ``encode_text``: GRAIN's global image-query
+    embedding, RECO's refined embeddings with the training memory, ARF's finetuned CLIP."""
+    ckpt = ckpt_io.load(path)
+    name = ckpt.get("method") or "clip"
+    if name != "clip" and name not in METHODS:
+        raise ckpt_io.CheckpointError(f"{path} was written by --method {name!r}, which this clipcore does not know "
+                                      f"(known: clip, {', '.join(METHODS)})")
+    model, tokenizer = (load_clip if name == "clip" else get_method(name).load)(ckpt, device)
+    return model.to(device).eval(), tokenizer, ckpt

@@ -35,7 +35,7 @@ from torch import Tensor, nn
 
 from clipcore.errors import ConfigError
 from clipcore.losses import contrastive_loss
-from clipcore.methods import Task, base_meta, load_init
+from clipcore.methods import Task, base_meta, load_init, model_from_meta
 from clipcore.methods.arf_data import Pairs, random_word_captions, read_captions, read_pool  # noqa: F401 (re-exported)
 
 MODES = ("ft", "lpft", "flyp", "arf")
@@ -62,6 +62,20 @@ class Config:
     anchors_out: str = ""             # write the retrieved anchors (row, class, score, caption) as JSON lines
     shared_negatives: bool = False    # [RECON] (the paper's section 3.4) every text of the step (prompts, captions, anchor texts)
                                       # is a candidate of every image, and every image of every text
+
+    def __post_init__(self) -> None:
+        """Bad options fail here, before theta0, the finetune data or the pool is read."""
+        for name, allowed in (("mode", MODES), ("retrieval", ("text", "image", "random")),
+                              ("flyp_pos", ("multi", "plain"))):
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"--arf-{name.replace('_', '-')} {getattr(self, name)!r}: choose one of {allowed}")
+        negative = [n for n in ("lambda_tca", "lambda_ita", "l2sp", "distill", "lp_steps") if getattr(self, n) < 0]
+        if negative or self.k < 1 or self.anchor_ratio <= 0:
+            raise ConfigError(f"arf options need k >= 1, anchor_ratio > 0 and {', '.join(negative) or 'weights'} "
+                              f">= 0; got k={self.k}, anchor_ratio={self.anchor_ratio}"
+                              + "".join(f", {n}={getattr(self, n)}" for n in negative))
+        if self.shared_negatives and self.flyp_pos != "multi":
+            raise ConfigError("--arf-shared-negatives pools the batch's unique prompts: it needs --arf-flyp-pos multi")
 
 
 # ----------------------------------------------------------------------------- losses
@@ -236,8 +250,6 @@ def arf_task(theta0: nn.Module, tokenizer, finetune: Pairs, mcfg: Config, *, bat
     """The finetuning Task of ``mcfg.mode`` from theta0 (left untouched) on ``finetune`` (labelled images,
     classnames, and for L_TCA its captions) and, for L_ITA, ``pool`` (images + captions)."""
     from clipcore.data import EpochBatchSampler
-    if mcfg.mode not in MODES:
-        raise ConfigError(f"--arf-mode {mcfg.mode!r}: choose one of {MODES}")
     if finetune.classnames is None or finetune.labels is None or bool((finetune.labels < 0).any()):
         raise ConfigError("ARF finetunes a classifier: the finetune data needs labels and class names "
                          "(a CSV with a label column, or an image folder with one subfolder per class)")
@@ -249,8 +261,6 @@ def arf_task(theta0: nn.Module, tokenizer, finetune: Pairs, mcfg: Config, *, bat
     if use_tca and not finetune.captions:
         raise ConfigError("L_TCA needs captions of the finetune images: pass --arf-captions FILE.jsonl "
                          "(or --arf-lambda-tca 0)")
-    if mcfg.shared_negatives and mcfg.flyp_pos != "multi":
-        raise ConfigError("--arf-shared-negatives pools the batch's unique prompts: it needs --arf-flyp-pos multi")
     if use_ita and pool is None:
         raise ConfigError("L_ITA needs a candidate pool: pass --arf-pool FILE (or --arf-lambda-ita 0)")
     classes = finetune.classnames
@@ -287,11 +297,9 @@ def arf_task(theta0: nn.Module, tokenizer, finetune: Pairs, mcfg: Config, *, bat
         if mcfg.retrieval == "image":
             feats = _embed_images(theta0, finetune, device).cpu()
             queries = F.normalize(torch.stack([feats[finetune.labels == c].mean(0) for c in range(len(classes))]), dim=-1)
-        elif mcfg.retrieval in ("text", "random"):
+        else:                                   # text, random (Config checks the choice)
             qt = mcfg.query_template or mcfg.template
             queries = (prompts0 if qt == mcfg.template else prompt_embeddings(theta0, tokenizer, classes, qt, device)).cpu()
-        else:
-            raise ConfigError(f"--arf-retrieval {mcfg.retrieval!r}: choose text, image or random")
         anchors = select_anchors(bank, queries, mcfg.k, "image" if mcfg.retrieval == "image" else "text",
                                  random=mcfg.retrieval == "random", seed=seed)
         anchors["tokens"] = pool_tokens[anchors["rows"]].to(device)
@@ -441,7 +449,16 @@ def build(cfg, mcfg: Config, device: torch.device):
                     pool=pool, evaluate=evaluate if splits else None,
                     eval_splits=tuple(splits) + (("test",) if splits and "test" not in splits else ()))
     holder["task"] = task
-    task.meta = {**base_meta(ckpt, kw), "model_prefix": "clip.",
+    task.meta = {**base_meta(ckpt, kw),
                  "arf_anchors": None if task.anchors is None else {k: v.cpu() for k, v in task.anchors.items()}}
     task.held_out = "test split" if "test" in splits else "val data"
     return task
+
+
+def load(ckpt: dict, device: str | torch.device = "cpu") -> tuple[nn.Module, object]:
+    """The model of a ``--method arf`` checkpoint (``clipcore.methods.load_model`` calls this) -> (the finetuned
+    encoder, tokenizer): the base model the checkpoint records (a clipcore CLIP or an OpenCLIP) with the weights
+    the :class:`Finetuner` holds under ``clip.``; its linear head, if any, is not part of it."""
+    model, tokenizer = model_from_meta(ckpt)
+    model.load_state_dict({k[len("clip."):]: v for k, v in ckpt["model"].items() if k.startswith("clip.")})
+    return model.to(device), tokenizer

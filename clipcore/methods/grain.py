@@ -76,6 +76,21 @@ class Config:
     world_test_per_class: int = 10   # PartWorld test images per class
     world_seed: int = -1              # -1: the run's --seed
 
+    def __post_init__(self) -> None:
+        """Bad options fail here, before any checkpoint or data is read."""
+        for name, allowed in (("match", ("box", "similarity")), ("ic_targets", ("caption", "diagonal")),
+                              ("tokenizer", ("auto", "word", "bpe"))):
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"--grain-{name.replace('_', '-')} {getattr(self, name)!r}: choose one of {allowed}")
+        if min(self.num_region_queries, self.decoder_layers, self.decoder_heads) < 1 or \
+                self.decoder_width % self.decoder_heads:
+            raise ConfigError(f"grain needs num_region_queries, decoder_layers, decoder_heads >= 1 and decoder_heads "
+                              f"dividing decoder_width; got {self.num_region_queries}, {self.decoder_layers}, "
+                              f"{self.decoder_heads}, {self.decoder_width}")
+        if not 0 <= self.caption_mix <= 1 or not 0 <= self.dropout < 1:
+            raise ConfigError(f"grain needs 0 <= caption_mix <= 1 and 0 <= dropout < 1; got {self.caption_mix}, "
+                              f"{self.dropout}")
+
 
 # ----------------------------------------------------------------------------- presets
 @register("grain-tiny")
@@ -269,9 +284,6 @@ def _partworld(seed: int, n_train: int, n_test: int, image_size: int):
 
 def build(cfg, mcfg: Config, device) -> Task:
     """The GRAIN task for clipcore.train (cfg: TrainConfig; mcfg: this module's Config)."""
-    if mcfg.match not in ("box", "similarity") or mcfg.ic_targets not in ("caption", "diagonal"):
-        raise ConfigError(f"grain: match must be box|similarity and ic_targets caption|diagonal, got "
-                         f"{mcfg.match!r}, {mcfg.ic_targets!r}")
     init = ckpt_io.load(cfg.init) if cfg.init else None
     model_cfg = config_from_dict(init["model_config"]) if init else get_config(cfg.model)
     s, q = model_cfg.vision.image_size, mcfg.num_region_queries
@@ -373,11 +385,9 @@ def _load_test(path: Path, image_size: int) -> tuple[Tensor, Tensor, Tensor]:
     return ds.all_images(), ds.labels, torch.tensor(parts, dtype=torch.float32)
 
 
-def load_grain(path: str, device="cpu", ckpt: dict | None = None) -> tuple[GrainModel, object, dict]:
-    """A GRAIN checkpoint of clipcore.train -> (model in eval mode, tokenizer, the checkpoint dict); ``ckpt``: the
-    checkpoint already read from ``path`` (not read again)."""
-    ckpt = ckpt if ckpt is not None else ckpt_io.load(path)
+def load(ckpt: dict, device: str | torch.device = "cpu") -> tuple[GrainModel, object]:
+    """The model of a GRAIN checkpoint (``clipcore.methods.load_model`` calls this) -> (GrainModel, tokenizer)."""
     cfg = config_from_dict(ckpt["model_config"])
     model = GrainModel(cfg, Config(**ckpt["grain_config"]))
     model.load_state_dict(ckpt["model"])
-    return model.to(device).eval(), ckpt_io.tokenizer_for(cfg, ckpt.get("tokenizer")), ckpt
+    return model.to(device), ckpt_io.tokenizer_for(cfg, ckpt.get("tokenizer"))

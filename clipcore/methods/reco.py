@@ -33,7 +33,7 @@ from torch import Tensor, nn
 from clipcore.errors import ConfigError
 from clipcore.losses import contrastive_loss
 from clipcore.memory import MemoryBank, build_memory
-from clipcore.methods import Task, base_meta, load_init
+from clipcore.methods import Task, base_meta, load_init, model_from_meta
 from clipcore.models import Block, _init_transformer, num_params
 
 MODES = ("uni", "cross")
@@ -358,19 +358,18 @@ def build(cfg, mcfg: Config, device: torch.device) -> Task:
                      describe=describe, held_out=f"test split, {len(splits['test'])} images" if "test" in splits else "val data")
 
 
-def load_reco(path: str, memory: MemoryBank | str | None = None, device: str | torch.device = "cpu",
-              ckpt: dict | None = None):
-    """A checkpoint of ``--method reco`` -> (RECO in eval mode, tokenizer). The memory is not in the checkpoint:
-    pass a bank or a path; by default the saved ``memory`` option, else the base's embeddings of the training
-    split recorded in the checkpoint's train_config (recomputed). ``ckpt``: the checkpoint already read from
-    ``path`` (not read again)."""
-    from clipcore.checkpoint import load, model_from_meta, preprocess_of
+def load(ckpt: dict, device: str | torch.device = "cpu", memory: MemoryBank | str | None = None
+         ) -> tuple[RECO, object]:
+    """The model of a ``--method reco`` checkpoint (``clipcore.methods.load_model`` calls this) -> (RECO in eval
+    mode, tokenizer). The memory is not in the checkpoint: pass a bank or a path; by default the saved ``memory``
+    option, else the base's embeddings of the training split recorded in the checkpoint's train_config
+    (recomputed)."""
+    from clipcore.checkpoint import preprocess_of
     from clipcore.data import load_dataset
 
-    ckpt = ckpt if ckpt is not None else load(path)
     if "reco_config" not in ckpt:
-        raise ConfigError(f"{path} is not a --method reco checkpoint (no reco_config); load CLIPs with "
-                         "clipcore.checkpoint.load_model")
+        raise ConfigError(f"{ckpt.get('loaded_from', 'the checkpoint')} is not a --method reco checkpoint (no "
+                          "reco_config); load it with clipcore.methods.load_model")
     # the frozen base: "base" (any encoder); older checkpoints: a clipcore CLIP's "base_model_config"
     base_meta_ = ckpt.get("base") or {"model_config": ckpt["base_model_config"], "tokenizer": ckpt.get("tokenizer")}
     base, tokenizer = model_from_meta(base_meta_)
