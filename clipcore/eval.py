@@ -27,7 +27,7 @@ from clipcore.checkpoint import preprocess_of
 from clipcore.data import DataError, load_dataset
 from clipcore.errors import ConfigError, MissingFileError, cli
 from clipcore.evaluate import encode_images, evaluate_model, linear_probe
-from clipcore.methods import load_model
+from clipcore.methods import load_model, method_module
 
 LAYOUTS = ("a .csv/.tsv (filepath, caption[, label]) or a folder with one subfolder of images per class")
 
@@ -94,17 +94,6 @@ def _check_classes(ds, data: str, classnames: list[str] | None) -> None:
                       "only); pass --classnames FILE (line i names label i)", stacklevel=3)
 
 
-def _grain(model, tokenizer, ckpt, data, pp, device) -> dict | None:
-    from clipcore.methods.grain import held_out
-    from clipcore.methods.grain_zeroshot import evaluate_descriptions
-    test = held_out(ckpt, data, pp.image_size)
-    if test is None:
-        return None
-    images, labels, parts, table = test
-    res = evaluate_descriptions(model, tokenizer, images, labels, table, parts=parts, device=device)
-    return {"primary": "all/name+desc/acc", **res}
-
-
 def evaluate_checkpoint(checkpoint: str, data: str | None = None, split: str = "test", *, linear: bool = False,
                         probe_train_data: str | None = None, device: str = "cpu", skip_bad: bool = False,
                         batch_size: int = 512, classnames: list[str] | None = None,
@@ -113,13 +102,15 @@ def evaluate_checkpoint(checkpoint: str, data: str | None = None, split: str = "
     on it) -> {"acc1", ..., "primary": the headline key}. Images are read with the checkpoint's preprocessing."""
     model, tokenizer, ckpt = load_model(checkpoint, device)
     pp = preprocess_of(ckpt, model)
-    method, trained_on = ckpt.get("method", "clip"), (ckpt.get("train_config") or {}).get("train_data", "unknown")
-    if method == "grain":
-        out = _grain(model, tokenizer, ckpt, data, pp, device)
+    module = method_module(ckpt.get("method") or "clip")
+    trained_on = (ckpt.get("train_config") or {}).get("train_data", "unknown")
+    if hasattr(module, "eval_held_out"):
+        out = module.eval_held_out(model, tokenizer, ckpt, data, pp, device)
         if out is not None:
             return out
-    if data is None and (trained_on is not None or method == "grain"):
-        raise ConfigError(f"--data is required: {checkpoint} was trained on {trained_on or 'PartWorld'}, not on the "
+    default_data = getattr(module, "DEFAULT_DATA", None)
+    if data is None and (trained_on is not None or default_data is not None):
+        raise ConfigError(f"--data is required: {checkpoint} was trained on {trained_on or default_data}, not on the "
                           f"embedded animal-mnist, which would score it at chance. Pass its held-out data: {LAYOUTS}")
     if data is not None:
         check_layout(data)
@@ -129,8 +120,8 @@ def evaluate_checkpoint(checkpoint: str, data: str | None = None, split: str = "
     run = lambda m: evaluate_model(m, tokenizer, dataset, templates=templates, device=device,  # noqa: E731
                                    batch_size=batch_size)
     metrics = {"primary": "acc1", **run(model)}
-    if method == "reco":        # the refined embeddings (primary) and the frozen base they refine
-        metrics.update({f"base/{k}": v for k, v in run(model.base).items()})
+    for prefix, reference in (module.eval_references(model) if hasattr(module, "eval_references") else {}).items():
+        metrics.update({f"{prefix}/{k}": v for k, v in run(reference).items()})   # e.g. RECO's frozen base
     if linear:
         if data is not None and probe_train_data is None:
             raise ConfigError("--linear-probe with --data needs --probe-train-data (labelled data to fit the probe on, "

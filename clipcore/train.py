@@ -43,7 +43,8 @@ from clipcore.flags import Parser, add_config_flags
 from clipcore.evaluate import evaluate_model
 from clipcore.images import PreprocessCfg
 from clipcore.losses import LOSSES, REG_PAIRS, make_loss
-from clipcore.methods import Task, available, get_method, load_model, method_config, trainable_parameters
+from clipcore.methods import (Task, available, get_method, load_model, method_config, method_module,
+                              trainable_parameters)
 from clipcore.models import CLIP, get_config
 from clipcore.runlog import Metrics, StopSignals, claim, elapsed_bar, summary, summary_writer
 
@@ -181,7 +182,7 @@ def run_dir(cfg: TrainConfig) -> Path:
     named by the flags. Otherwise an existing folder is never reused: a suffix is added."""
     if cfg.resume and cfg.resume != "latest" and Path(cfg.resume).parent.name == "checkpoints":
         return Path(cfg.resume).parent.parent
-    data = data_name(cfg.train_data) if cfg.train_data else ("partworld" if cfg.method == "grain" else "animal-mnist")
+    data = data_name(cfg.train_data) if cfg.train_data else getattr(method_module(cfg.method), "DEFAULT_DATA", "animal-mnist")
     what = f"{cfg.model}_{data}_{cfg.loss}" if cfg.method == "clip" else f"{cfg.method}_{data}"
     base = Path(cfg.logs) / (cfg.name or f"{what}_s{cfg.seed}")
     if cfg.resume == "latest":

@@ -195,6 +195,13 @@ def test_method_options_fail_before_the_checkpoint_is_read(tmp_path, method, opt
         train(TrainConfig(method=method, init=str(tmp_path / "missing.pt"), options=options, logs=str(tmp_path)))
 
 
+def test_run_folder_names_the_method_default_data(tmp_path):
+    """Without --train-data the run folder names the data the method trains on (its DEFAULT_DATA)."""
+    name = lambda method: train_mod.run_dir(TrainConfig(method=method, logs=str(tmp_path))).name  # noqa: E731
+    assert (name("grain"), name("reco"), name("clip")) == ("grain_partworld_s0", "reco_animal-mnist_s0",
+                                                           "tiny_animal-mnist_multipos_s0")
+
+
 def test_load_model_dispatches_through_the_registry(tmp_path, monkeypatch):
     """clipcore.methods.load_model builds a checkpoint's model with the ``load`` of the method named by
     ckpt["method"]: a new method is its module and its METHODS entry, clipcore.checkpoint is not edited."""

@@ -8,6 +8,15 @@ A method is one module and its entry in :data:`METHODS`. The module defines
 - ``load(ckpt: dict, device) -> (model, tokenizer)``: the model of a checkpoint it wrote (``ckpt["method"]`` names
   the method), which :func:`load_model` returns; :mod:`clipcore.checkpoint` itself knows no method.
 
+and may define, for ``clipcore.train`` and ``clipcore.eval`` (which name no method either):
+
+- ``DEFAULT_DATA``: the name of the data it trains on without ``--train-data`` (run folders, messages;
+  default: the embedded animal-mnist);
+- ``eval_held_out(model, tokenizer, ckpt, data, preprocess, device) -> dict | None``: its own held-out metrics of
+  a checkpoint (with a "primary" key), None to use the standard evaluation;
+- ``eval_references(model) -> {prefix: model}``: further models scored on the same data, reported as
+  ``prefix/metric`` (RECO: the frozen base it refines).
+
 The loop owns the optimiser, schedule, precision, checkpoints, logging and the NaN guard; the method owns its
 model, data, batch format, loss and evaluation:
 
@@ -86,6 +95,11 @@ def get_method(name: str):
     if name not in METHODS:
         raise ConfigError(f"unknown --method {name!r}; known: clip, {', '.join(METHODS)}")
     return importlib.import_module(METHODS[name])
+
+
+def method_module(name: str):
+    """The module of method ``name``; None for plain CLIP (``clip``)."""
+    return None if name == "clip" else get_method(name)
 
 
 def available() -> dict[str, Any]:

@@ -352,6 +352,20 @@ def preprocess_cfg(image_size: int, in_memory: bool) -> PreprocessCfg:
     return PreprocessCfg(image_size, 3, interpolation="bilinear" if in_memory else "bicubic", resize_mode="whole")
 
 
+DEFAULT_DATA = "partworld"   # without --train-data: a PartWorld generated in memory
+
+
+def eval_held_out(model, tokenizer, ckpt: dict, data: str | None, preprocess: PreprocessCfg, device) -> dict | None:
+    """clipcore.eval of a GRAIN checkpoint: zero-shot accuracy by name, description and fusion, and grounding, on
+    :func:`held_out` (primary: "all/name+desc/acc"); None when ``data`` holds no PartWorld class table."""
+    test = held_out(ckpt, data, preprocess.image_size)
+    if test is None:
+        return None
+    images, labels, parts, table = test
+    res = evaluate_descriptions(model, tokenizer, images, labels, table, parts=parts, device=device)
+    return {"primary": "all/name+desc/acc", **res}
+
+
 def held_out(ckpt: dict, data: str | None, image_size: int) -> tuple[Tensor, Tensor, Tensor, dict] | None:
     """What GRAIN's zero-shot evaluation reads: (images (N, 3, S, S), labels (N,), clean parts (N, P, 4), class
     table). ``data`` None: the held-out set of the checkpoint's training data (its PartWorld regenerated from the

@@ -388,6 +388,11 @@ def load(ckpt: dict, device: str | torch.device = "cpu", memory: MemoryBank | st
     return model, tokenizer
 
 
+def eval_references(model: RECO) -> dict[str, nn.Module]:
+    """clipcore.eval also scores the frozen base the refined embeddings come from (metrics "base/...")."""
+    return {"base": model.base}
+
+
 def _embed_dim(model: nn.Module) -> int:
     """The embedding width of any encoder (a CLIP's config, else one text embedding)."""
     cfg = getattr(model, "cfg", None)
