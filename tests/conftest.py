@@ -1,8 +1,10 @@
 """Shared fixtures of the unit tests."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 
 @pytest.fixture(scope="module")
@@ -13,3 +15,16 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture
+def folder(tmp_path):
+    """A 3-class image folder: 16 small images per class, each class a distinct colour + noise."""
+    rng = np.random.default_rng(0)
+    for k, name in enumerate(["red_fox", "green_frog", "blue_jay"]):
+        (tmp_path / "data" / name).mkdir(parents=True)
+        for i in range(16):
+            arr = np.clip(rng.normal(60, 30, (20, 20, 3)), 0, 255)
+            arr[..., k] += 150
+            Image.fromarray(arr.astype(np.uint8)).save(tmp_path / "data" / name / f"{i}.png")
+    return tmp_path / "data"

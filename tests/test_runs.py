@@ -19,19 +19,6 @@ from clipcore.train import TrainConfig, build_parser, data_name, parse_args, res
 FAST = dict(batch_size=32, warmup=2, epochs=1)
 
 
-@pytest.fixture
-def folder(tmp_path):
-    """A 3-class image folder: 16 small images per class, each class a distinct colour + noise."""
-    rng = np.random.default_rng(0)
-    for k, name in enumerate(["red_fox", "green_frog", "blue_jay"]):
-        (tmp_path / "data" / name).mkdir(parents=True)
-        for i in range(16):
-            arr = np.clip(rng.normal(60, 30, (20, 20, 3)), 0, 255)
-            arr[..., k] += 150
-            Image.fromarray(arr.astype(np.uint8)).save(tmp_path / "data" / name / f"{i}.png")
-    return tmp_path / "data"
-
-
 def _rows(run_dir) -> list[dict]:
     return [json.loads(line) for line in open(f"{run_dir}/metrics.jsonl")]
 

@@ -2,10 +2,8 @@
 import json
 import math
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from clipcore import checkpoint as ckpt_io
 from clipcore import train as train_mod
@@ -15,19 +13,6 @@ from clipcore.eval import evaluate_checkpoint
 from clipcore.train import NonFiniteLoss, TrainConfig, parse_args, train, warmup_cosine
 
 FAST = dict(batch_size=32, warmup=2, log_every=1, epochs=1)
-
-
-@pytest.fixture
-def folder(tmp_path):
-    """A 3-class image folder: 16 small images per class, each class a distinct colour + noise."""
-    rng = np.random.default_rng(0)
-    for k, name in enumerate(["red_fox", "green_frog", "blue_jay"]):
-        (tmp_path / "data" / name).mkdir(parents=True)
-        for i in range(16):
-            arr = np.clip(rng.normal(60, 30, (20, 20, 3)), 0, 255)
-            arr[..., k] += 150
-            Image.fromarray(arr.astype(np.uint8)).save(tmp_path / "data" / name / f"{i}.png")
-    return tmp_path / "data"
 
 
 def test_resume_mid_epoch_matches_uninterrupted(tmp_path):
