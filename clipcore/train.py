@@ -478,7 +478,6 @@ def _train(cfg: TrainConfig, task: Task | None, dd, out: Path, signals: StopSign
         summary(out, ckpt_path, step, epoch, epochs, cfg.max_steps, losses, epoch_losses, resumed_at, how,
                 held_out if how == "completed" else None, task.held_out if task.eval_splits else "",
                 time.time() - t0, signals.signum)
-    if main:
         log.close()
     distributed.barrier()  # no rank leaves (and tears down the process group) while rank 0 still evaluates
     return result

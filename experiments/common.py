@@ -131,11 +131,6 @@ def all_of(*verdicts: str) -> str:
     return "holds" if all(v == "holds" for v in verdicts) else "fails" if "fails" in verdicts else "inconclusive"
 
 
-def too_wide(ci: dict, lower: float | None = None, upper: float | None = None) -> bool:
-    """True when the CI straddles a bound of the rule: this tier's seeds cannot decide (the row says so)."""
-    return verdict_from_ci(ci, lower, upper) == "inconclusive" and not degenerate(ci)
-
-
 def bound_verdict(measured: Sequence[Sequence[float]], envelope: Sequence[Sequence[float]],
                   conf: float = 0.95) -> tuple[str, list[dict]]:
     """A bound (measured <= envelope) tested as a bound: at every point j (an n, a shift, ...) the paired
@@ -145,7 +140,7 @@ def bound_verdict(measured: Sequence[Sequence[float]], envelope: Sequence[Sequen
     k = len(measured)
     cis = [paired_ci(e, m, family_conf(k, conf)) for m, e in zip(measured, envelope)]
     vs = [verdict_from_ci(ci, lower=0.0) for ci in cis]
-    return ("holds" if all(v == "holds" for v in vs) else "fails" if "fails" in vs else "inconclusive"), cis
+    return all_of(*vs), cis
 
 
 # ----------------------------------------------------------------------------- the protocol: headroom, controls

@@ -45,10 +45,6 @@ def _mean(xs):
     return float(np.mean(xs))
 
 
-def _all_verdicts(*vs: str) -> str:
-    return "holds" if all(v == "holds" for v in vs) else "fails" if "fails" in vs else "inconclusive"
-
-
 @functools.lru_cache(maxsize=None)
 def trained(cfg: WorldConfig, tau: float, seed: int, loss: str = "clip", lam: float = 0.0, pairs: str = "pos",
             batch: int = BATCH, steps: int = STEPS, rep: int = 0):

@@ -66,6 +66,17 @@ def assert_match(got, want, dtype):
         assert err <= max(tol * scale, atol), f"output {i}: max error {err:.3g} vs scale {scale:.3g} (tol {tol}, atol {atol})"
 
 
+def unit_pairs_and_fp64_reference(b: int, d: int, scale: float, seed: int = 0):
+    """Independent unit-norm fp64 embeddings x, y (B, D) and the materialised loss's fp64 [loss, dx, dy, dscale]:
+    the reference for the low-precision tests."""
+    g = torch.Generator().manual_seed(seed)
+    x = F.normalize(torch.randn(b, d, generator=g, dtype=torch.float64), dim=1)
+    y = F.normalize(torch.randn(b, d, generator=g, dtype=torch.float64), dim=1)
+    want = loss_and_grads(contrastive_loss, x.clone().requires_grad_(), y.clone().requires_grad_(),
+                          torch.tensor(scale, dtype=torch.float64, requires_grad=True))
+    return x, y, want
+
+
 def check(b=50, d=16, dtype=torch.float64, scale=2.0, labels=None, bias=None, normalize=True, **kw):
     with default_dtype(dtype):
         x, y, s, bt = make_inputs(b, d, dtype, scale, normalize=normalize, bias=bias)
@@ -318,12 +329,7 @@ class MatmulOperands(TorchDispatchMode):
 def test_bf16_autocast_one_precision_forward_and_backward(keep_mib):
     """Under bf16 autocast every matmul of the forward AND the backward runs on bf16 values (the old _TiledLSE ran
     the backward's GEMMs in fp32), and the input gradients are no less accurate than the materialised loss's."""
-    b, d = 512, 128
-    g = torch.Generator().manual_seed(0)
-    x = F.normalize(torch.randn(b, d, generator=g, dtype=torch.float64), dim=1)
-    y = F.normalize(torch.randn(b, d, generator=g, dtype=torch.float64), dim=1)
-    want = loss_and_grads(contrastive_loss, x.clone().requires_grad_(), y.clone().requires_grad_(),
-                          torch.tensor(100.0, dtype=torch.float64, requires_grad=True))
+    x, y, want = unit_pairs_and_fp64_reference(512, 128, 100.0)
 
     def run(fn, **kw):
         xf, yf, s = x.float().requires_grad_(), y.float().requires_grad_(), torch.tensor(100.0, requires_grad=True)
@@ -386,12 +392,7 @@ def test_fp16_gradients_do_not_underflow():
     """fp16 at B = 4096: the loss weight 0.5/B times a probability ~1/B is ~3e-8, below fp16's smallest subnormal;
     the backward casts the O(1) G/W to fp16 and applies W in fp32 after the matmul. Measured input-gradient error
     against fp64: 7e-4 (the weight applied before the cast, as before: 6e-3)."""
-    b, d = 4096, 16
-    g = torch.Generator().manual_seed(0)
-    x = F.normalize(torch.randn(b, d, generator=g, dtype=torch.float64), dim=1)
-    y = F.normalize(torch.randn(b, d, generator=g, dtype=torch.float64), dim=1)
-    want = loss_and_grads(contrastive_loss, x.clone().requires_grad_(), y.clone().requires_grad_(),
-                          torch.tensor(2.0, dtype=torch.float64, requires_grad=True))
+    x, y, want = unit_pairs_and_fp64_reference(4096, 16, 2.0)
     got = loss_and_grads(fused_contrastive_loss, x.half().requires_grad_(), y.half().requires_grad_(),
                          torch.tensor(2.0, requires_grad=True), compile=False)
     for i in (1, 2):
