@@ -36,10 +36,10 @@ from torch import Tensor, nn
 
 from clipcore.losses import contrastive_loss
 from clipcore.models import CLIP, CLIPConfig, build_model, get_config, num_params
-from clipcore.train import param_groups
+from clipcore.training import ADAMW, param_groups
 
-# AdamW as clipcore.train builds it (open_clip's defaults for ViT-B/32 training); lr does not affect speed.
-OPT = dict(lr=5e-4, betas=(0.9, 0.98), eps=1e-6)
+# AdamW as clipcore.training builds it (open_clip's defaults for ViT-B/32 training); lr does not affect speed.
+OPT = dict(lr=5e-4, **ADAMW)
 WD = 0.1
 DEFAULT_BATCH = {"cpu": {"tiny-vit": 64, "small": 16, "base": 8}, "cuda": {"tiny-vit": 1024, "small": 512, "base": 256}}
 

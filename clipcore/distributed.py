@@ -1,4 +1,5 @@
-"""Data parallelism for the training loop: torchrun, DistributedDataParallel and the gathered contrastive loss.
+"""Data parallelism for the training loop: torchrun, DistributedDataParallel and the gathering the contrastive loss
+uses (:func:`all_gather`; the loss itself, on 1 or N processes, comes from :func:`clipcore.losses.make_loss`).
 
     torchrun --nproc_per_node 4 -m clipcore.train --model small --batch-size 1024     # one node, 4 GPUs
     torchrun --nnodes 2 --node_rank 0 --nproc_per_node 8 --rdzv_backend c10d \\
@@ -39,7 +40,6 @@ import torch.distributed as dist
 from torch import Tensor
 
 from clipcore.errors import ConfigError
-from clipcore.losses import pair_penalty, positive_targets
 
 
 @dataclass(frozen=True)
@@ -109,11 +109,16 @@ def barrier() -> None:
         dist.barrier()
 
 
+def has_batch_norm(model: torch.nn.Module) -> bool:
+    """Whether a layer of ``model`` normalises with batch statistics (a row's output depends on the other rows)."""
+    return any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
 def wrap(model: torch.nn.Module, d: Dist) -> torch.nn.Module:
     """DistributedDataParallel around a :class:`Runner` of ``model`` (the model itself when not distributed)."""
     if d.world == 1:
         return Runner(model)
-    if any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+    if has_batch_norm(model):
         if d.device.type == "cuda":
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
         elif d.main:
@@ -174,60 +179,6 @@ def all_gather(x: Tensor, *, with_grad: bool = True) -> Tensor:
         dist.all_gather(parts, x.contiguous())
     parts[dist.get_rank()] = x
     return torch.cat(parts)
-
-
-def local_contrastive_loss(image: Tensor, text: Tensor, logit_scale: Tensor, *, gathered_image: Tensor,
-                           gathered_text: Tensor, rank_offset: int, labels: Tensor | None = None,
-                           reg_lambda: float = 0.0, reg_pairs: str = "pos", reg_over_tau: bool = False) -> Tensor:
-    """The materialised form of :func:`clipcore.fused.fused_contrastive_loss`'s distributed form (``--loss-impl
-    naive``): this rank's (B_r, D) rows against the gathered (N, D) columns, holding B_r x N logits.
-
-    labels: the gathered (N,) labels (equal labels are positives) or None (the diagonal of the global batch).
-    Returns 0.5 * (CE(local images -> all texts) + CE(local texts -> all images)) + the regulariser, as open_clip's
-    ``ClipLoss(local_loss=True)``.
-    """
-    b = image.shape[0]
-    logits_img = logit_scale * image @ gathered_text.T
-    logits_txt = logit_scale * text @ gathered_image.T
-    if labels is None:
-        target = torch.arange(rank_offset, rank_offset + b, device=image.device)
-    else:
-        target = positive_targets(labels)[rank_offset:rank_offset + b].to(logits_img.dtype)
-    loss = 0.5 * (torch.nn.functional.cross_entropy(logits_img, target)
-                  + torch.nn.functional.cross_entropy(logits_txt, target))
-    if reg_lambda:
-        penalty = pair_penalty(image, text, "pos") if reg_pairs == "pos" else pair_penalty(gathered_image, gathered_text, reg_pairs)
-        loss = loss + reg_lambda * (penalty * logit_scale if reg_over_tau else penalty)
-    return loss
-
-
-def gathered_loss(full, name: str, *, impl: str = "fused", local_loss: bool = True, gather_with_grad: bool = True,
-                  reg_lambda: float = 0.1, reg_pairs: str = "pos", reg_over_tau: bool = False, kernel: str = "auto"):
-    """Wrap ``full = clipcore.losses.make_loss(name, ...)`` into ``fn(image, text, logit_scale, labels=None)``:
-    the loss of the *global* batch under torchrun, ``full`` itself otherwise. Every rank must call it once per
-    step (it gathers). image, text: this rank's (B_r, D) rows; labels: its (B_r,) labels (gathered here).
-    kernel: the fused loss's kernel (impl="fused").
-    """
-    uses_labels = name in ("multipos", "reg")
-    lam = reg_lambda if name == "reg" else 0.0
-
-    def fn(image: Tensor, text: Tensor, logit_scale: Tensor, labels: Tensor | None = None) -> Tensor:
-        if not active() or name == "square":   # the square loss is a mean over pairs: DDP's average is exact
-            return full(image, text, logit_scale, labels=labels)
-        rank = dist.get_rank()
-        all_image = all_gather(image, with_grad=gather_with_grad)
-        all_text = all_gather(text, with_grad=gather_with_grad)
-        all_labels = all_gather(labels, with_grad=False) if labels is not None and uses_labels else None
-        if not local_loss:
-            return full(all_image, all_text, logit_scale, labels=all_labels)
-        kw = dict(gathered_image=all_image, gathered_text=all_text, rank_offset=rank * image.shape[0],
-                  labels=all_labels, reg_lambda=lam, reg_pairs=reg_pairs, reg_over_tau=reg_over_tau)
-        if impl == "fused":
-            from clipcore.fused import fused_contrastive_loss
-            return fused_contrastive_loss(image, text, logit_scale, kernel=kernel, **kw)
-        return local_contrastive_loss(image, text, logit_scale, **kw)
-
-    return fn
 
 
 # ----------------------------------------------------------------------------- exact accumulation (GradCache)

@@ -79,7 +79,7 @@ import torch
 from torch import Tensor
 
 from clipcore.fused_tiles import _acc_dtype, _scores, _weights, narrow_, tile_kernels
-from clipcore.regulariser import pair_penalty
+from clipcore.regulariser import reg_term
 
 # Tiles are square, TILE x TILE (smaller only at the edges): every matmul of a tile then has an inner
 # dimension >= min(TILE, D); thin tiles make dY += G^T X_i a short-K matmul. On the 2-core CPU, B = 4096,
@@ -302,9 +302,8 @@ def fused_contrastive_loss(
                      compile, kernel, cd).to(image.dtype)
         if isinstance(logit_bias, Tensor):
             loss = loss + 0.0 * logit_bias.sum()  # softmax CE is shift-invariant: keep bias in the graph, grad 0
-        if reg_lambda:
-            penalty = pair_penalty(image, text, "pos") if reg_pairs == "pos" else pair_penalty(all_image, all_text, reg_pairs)
-            loss = loss + reg_lambda * (penalty * logit_scale if reg_over_tau else penalty)
+        loss = loss + reg_term(image, text, all_image, all_text, logit_scale, reg_lambda=reg_lambda,
+                               reg_pairs=reg_pairs, reg_over_tau=reg_over_tau)
     return loss
 
 

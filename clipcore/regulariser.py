@@ -1,6 +1,6 @@
-"""The pair term of the one-sided regulariser (Chen, Deng, Li, Gu, ICLR 2024), shared by the plain losses
-(:mod:`clipcore.losses`), the fused kernels (:mod:`clipcore.fused`) and the gathered loss
-(:mod:`clipcore.distributed`); a module of its own so that none of them imports another for it."""
+"""The one-sided regulariser (Chen, Deng, Li, Gu, ICLR 2024): its pair term and the term the losses add, shared
+by the materialised loss (:mod:`clipcore.losses`) and the fused kernels (:mod:`clipcore.fused`), in their
+single-process and gathered forms; a module of its own so that neither imports the other for it."""
 from __future__ import annotations
 
 from torch import Tensor
@@ -36,3 +36,18 @@ def pair_penalty(image: Tensor, text: Tensor, pairs: str = "pos") -> Tensor:
     all_sum = b * image.pow(2).sum() + b * text.pow(2).sum() - 2 * (image.sum(0) @ text.sum(0))
     negd = (all_sum - pos_sum) / max(b * (b - 1), 1)
     return {"neg": -negd, "both": pos - negd, "neg_pull": negd, "both_pull": pos + negd}[pairs]
+
+
+def reg_term(image: Tensor, text: Tensor, all_image: Tensor, all_text: Tensor, logit_scale: Tensor | float, *,
+             reg_lambda: float, reg_pairs: str = "pos", reg_over_tau: bool = False) -> Tensor | float:
+    """What a contrastive loss adds for the regulariser: ``reg_lambda * term`` (times ``logit_scale`` = 1/tau
+    with ``reg_over_tau``), 0 when ``reg_lambda`` is 0.
+
+    image, text: this process's (B, D) pairs; all_image, all_text: the (N, D) pairs of the global batch (the same
+    tensors on one process). ``pos`` is a mean over positives, so this process's pairs give its exact share (DDP
+    averages the shares); the negative-pair terms need every pair, so they read the global batch.
+    """
+    if not reg_lambda:
+        return 0.0
+    penalty = pair_penalty(image, text, "pos") if reg_pairs == "pos" else pair_penalty(all_image, all_text, reg_pairs)
+    return reg_lambda * (penalty * logit_scale if reg_over_tau else penalty)

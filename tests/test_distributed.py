@@ -45,8 +45,7 @@ def _train(rank: int, world: int, form: tuple, gather_with_grad: bool = True) ->
     model = _model()
     dd = distributed.Dist(rank=rank, world=world)
     runner = distributed.wrap(model, dd)
-    loss_fn = distributed.gathered_loss(make_loss(name, impl=impl, reg_lambda=0.3), name, impl=impl,
-                                        local_loss=local, gather_with_grad=gather_with_grad, reg_lambda=0.3)
+    loss_fn = make_loss(name, impl=impl, reg_lambda=0.3, local_loss=local, gather_with_grad=gather_with_grad)
     rows = next(iter(EpochBatchSampler(B, B, seed=0, shuffle=False, rank=rank, world_size=world)))
     batch = tuple(t[rows] for t in _batch())
 

@@ -236,7 +236,7 @@ def _help() -> str:
 def test_val_data_files_are_read_with_the_training_preprocessing(trained):
     """--val-data files while training on the default: read with its 0.5/0.5, not the CSV's own default."""
     from clipcore.evaluate import evaluate_model
-    from clipcore.train import clip_task
+    from clipcore.clip_task import clip_task
     root, _, _ = trained
     task = clip_task(TrainConfig(val_data=str(root / "test.csv"), seed=1), torch.device("cpu"))
     assert task.meta["preprocess"] == default_preprocess().to_dict()

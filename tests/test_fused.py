@@ -388,6 +388,28 @@ def test_loss_kernel_flag_reaches_the_loss(monkeypatch):
         make_loss("clip", impl="naive", kernel="triton")
 
 
+def test_loss_options_reach_the_fused_loss_from_train_config(monkeypatch):
+    """TrainConfig -> clip_task.loss_for_run -> make_loss -> fused_contrastive_loss: kernel and tiles arrive as set
+    (the spec is decoded once, in make_loss); tiles with the naive loss are refused with the flag to add."""
+    from clipcore import losses
+    from clipcore.clip_task import loss_for_run
+    from clipcore.errors import UserError
+    from clipcore.train import TrainConfig, parse_args
+
+    seen = []
+    real = losses.fused_contrastive_loss
+    monkeypatch.setattr(losses, "fused_contrastive_loss", lambda *a, **k: seen.append(k) or real(*a, **k))
+    cfg = parse_args(["--loss", "reg", "--loss-tile", "3", "--loss-col-tile", "5", "--reg-lambda", "0.2"])
+    x, y, s, _ = make_inputs(8, 4, torch.float32, 10.0)
+    labels = torch.tensor([0, 1, 0, 2, 3, 1, 4, 5])
+    got = loss_for_run(cfg)(x, y, s, labels=labels)
+    assert seen[0]["tile"] == 3 and seen[0]["col_tile"] == 5 and seen[0]["kernel"] == "torch" and seen[0]["reg_lambda"] == 0.2
+    want = contrastive_loss(x, y, s, labels=labels, reg_lambda=0.2)
+    assert_match([got], [want], torch.float32)
+    with pytest.raises(UserError, match="--loss-impl fused"):
+        loss_for_run(TrainConfig(loss_impl="naive", loss_tile=8))
+
+
 def test_fp16_gradients_do_not_underflow():
     """fp16 at B = 4096: the loss weight 0.5/B times a probability ~1/B is ~3e-8, below fp16's smallest subnormal;
     the backward casts the O(1) G/W to fp16 and applies W in fp32 after the matmul. Measured input-gradient error

@@ -18,6 +18,7 @@ import pytest
 import torch
 
 from clipcore import checkpoint as ckpt_io
+from clipcore import clip_task as clip_task_mod
 from clipcore import train as train_mod
 from clipcore.data import DataError
 from clipcore.errors import ConfigError, UserError
@@ -283,7 +284,7 @@ def test_torn_metrics_line_is_tolerated_and_dropped(tmp_path):
 
 # ----------------------------------------------------------------------------- stopping
 def test_sigusr1_checkpoints_and_stops_at_the_step_boundary(tmp_path, monkeypatch):
-    real = train_mod.make_loss
+    real = clip_task_mod.make_loss
 
     def signalling(*a, **k):
         fn, calls = real(*a, **k), []
@@ -295,7 +296,7 @@ def test_sigusr1_checkpoints_and_stops_at_the_step_boundary(tmp_path, monkeypatc
             return fn(*args, **kw)
         return f
 
-    monkeypatch.setattr(train_mod, "make_loss", signalling)
+    monkeypatch.setattr(clip_task_mod, "make_loss", signalling)
     before = signal.getsignal(signal.SIGUSR1)
     out = train(TrainConfig(logs=str(tmp_path), name="u", max_steps=6, **FAST))
     assert out["stopped_by"] == signal.SIGUSR1 and out["steps"] == 2
@@ -324,7 +325,7 @@ def test_sigterm_to_the_process_group_saves_and_exits_cleanly(tmp_path):
 
 
 def test_data_error_mid_epoch_saves_progress(tmp_path, monkeypatch):
-    real = train_mod.make_loader
+    real = clip_task_mod.make_loader
 
     def failing(*a, **k):
         for i, batch in enumerate(real(*a, **k)):
@@ -332,7 +333,7 @@ def test_data_error_mid_epoch_saves_progress(tmp_path, monkeypatch):
                 raise DataError("bad.png (row 97): cannot identify image file; fix it or pass --skip-bad")
             yield batch
 
-    monkeypatch.setattr(train_mod, "make_loader", failing)
+    monkeypatch.setattr(clip_task_mod, "make_loader", failing)
     with pytest.raises(DataError, match=r"bad.png .* \[stopped at step 3; progress is saved in .*latest.pt"):
         train(TrainConfig(logs=str(tmp_path), name="d", max_steps=6, **FAST))
     ckpt = ckpt_io.load(tmp_path / "d" / "checkpoints" / "latest.pt")

@@ -12,9 +12,11 @@ import torch
 from PIL import Image
 
 from clipcore import train as train_mod
+from clipcore import training
 from clipcore.data import DataError
 from clipcore.errors import ConfigError, UserError
-from clipcore.train import TrainConfig, build_parser, data_name, parse_args, resolve_warmup, train
+from clipcore.train import TrainConfig, build_parser, data_name, parse_args, train
+from clipcore.training import resolve_warmup
 
 FAST = dict(batch_size=32, warmup=2, epochs=1)
 
@@ -161,10 +163,10 @@ def test_default_flags_learn_a_small_csv(tmp_path, capsys):
 
 
 def test_default_epochs_keep_8_unless_the_run_would_be_tiny():
-    assert train_mod.resolve_epochs(TrainConfig(), 31) == (8, "default: 8")            # the default run: 248 steps
-    assert train_mod.resolve_epochs(TrainConfig(), 5)[0] == 20
-    assert train_mod.resolve_epochs(TrainConfig(), 1)[0] == 100
-    assert train_mod.resolve_epochs(TrainConfig(epochs=2), 5) == (2, "--epochs")       # an explicit value is kept
+    assert training.resolve_epochs(TrainConfig(), 31) == (8, "default: 8")            # the default run: 248 steps
+    assert training.resolve_epochs(TrainConfig(), 5)[0] == 20
+    assert training.resolve_epochs(TrainConfig(), 1)[0] == 100
+    assert training.resolve_epochs(TrainConfig(epochs=2), 5) == (2, "--epochs")       # an explicit value is kept
 
 
 # ----------------------------------------------------------------------------- --help and flag errors
@@ -208,8 +210,8 @@ def test_open_clip_flag_names(folder, tmp_path):
     cfg = parse_args(["--grad-clip-norm", "0.5", "--logs-dir", "x", "--precision", "amp", "--csv-img-key", "path",
                       "--csv-caption-key", "text"])
     assert (cfg.grad_clip, cfg.logs, cfg.precision, cfg.csv_img_key, cfg.csv_caption_key) == (0.5, "x", "amp", "path", "text")
-    assert train_mod.resolve_precision("amp", torch.device("cpu")) == "fp32"
-    assert train_mod.resolve_precision("amp", torch.device("cuda")) == "bf16"
+    assert training.resolve_precision("amp", torch.device("cpu")) == "fp32"
+    assert training.resolve_precision("amp", torch.device("cuda")) == "bf16"
     # a CSV with open_clip-style columns of other names, read through --csv-img-key / --csv-caption-key
     rows = ["path\ttext"] + [f"{p.relative_to(folder)}\ta photo of a {p.parent.name}" for p in sorted(folder.rglob("*.png"))]
     (folder / "pairs.tsv").write_text("\n".join(rows) + "\n")

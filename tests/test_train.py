@@ -6,11 +6,15 @@ import pytest
 import torch
 
 from clipcore import checkpoint as ckpt_io
+from clipcore import clip_task as clip_task_mod
 from clipcore import train as train_mod
+from clipcore import training
 from clipcore.data import DataError
 from clipcore.errors import ConfigError
 from clipcore.eval import evaluate_checkpoint
-from clipcore.train import NonFiniteLoss, TrainConfig, parse_args, train, warmup_cosine
+from clipcore.loop import NonFiniteLoss
+from clipcore.train import TrainConfig, parse_args, train
+from clipcore.training import warmup_cosine
 
 FAST = dict(batch_size=32, warmup=2, log_every=1, epochs=1)
 
@@ -53,7 +57,7 @@ def test_resume_across_epochs_on_folder_data(folder, tmp_path, capsys):
 
 
 def test_nan_stops_with_step_and_keeps_last_checkpoint(tmp_path, monkeypatch):
-    real = train_mod.make_loss
+    real = clip_task_mod.make_loss
 
     def poisoned(*a, **k):
         fn, calls = real(*a, **k), []
@@ -64,7 +68,7 @@ def test_nan_stops_with_step_and_keeps_last_checkpoint(tmp_path, monkeypatch):
             return out * float("nan") if len(calls) == 3 else out
         return f
 
-    monkeypatch.setattr(train_mod, "make_loss", poisoned)
+    monkeypatch.setattr(clip_task_mod, "make_loss", poisoned)
     with pytest.raises(NonFiniteLoss, match="at step 3 .*latest.pt"):
         train(TrainConfig(logs=str(tmp_path), name="nan", save_every=2, max_steps=5, **FAST))
     ckpt = ckpt_io.load(tmp_path / "nan" / "checkpoints" / "latest.pt")
@@ -126,7 +130,7 @@ def test_warmup_longer_than_the_run_warns(tmp_path):
 
 def test_param_groups_exclude_gains_biases_and_scale():
     from clipcore.models import build_model
-    groups = train_mod.param_groups(build_model("tiny-vit"), 0.1)
+    groups = training.param_groups(build_model("tiny-vit"), 0.1)
     assert all(p.ndim >= 2 for p in groups[0]["params"]) and groups[1]["weight_decay"] == 0
     assert any(p.ndim == 0 for p in groups[1]["params"])  # the logit scale
 

@@ -50,7 +50,7 @@ from clipcore.evaluate import retrieval_metrics, zero_shot_metrics
 from clipcore.memory import MemoryBank
 from clipcore.methods.reco import RECO, Config, make_task, precompute
 from clipcore.models import CLIP, get_config
-from clipcore.train import param_groups, warmup_cosine
+from clipcore.training import make_optimizer, make_schedule
 from theory.world import orthonormal
 
 
@@ -176,11 +176,11 @@ def embed(base: CLIP, pairs: Pairs, ids: Tensor | None = None) -> MemoryBank:
 
 
 def fit_task(task, epochs: int, lr: float, wd: float = 0.1, warmup: int = 20) -> list[float]:
-    """clipcore.train's optimisation on a Task (AdamW on matrices-only decay, warm-up + cosine, clip 1.0), without
+    """clipcore.training's optimisation on a Task (AdamW on matrices-only decay, warm-up + cosine, clip 1.0), without
     its run folder and checkpoints: the experiments train many small RECO models."""
     model = task.model
-    opt = torch.optim.AdamW(param_groups(model, wd), lr=lr, betas=(0.9, 0.98), eps=1e-6)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(warmup, task.steps_per_epoch * epochs))
+    opt = make_optimizer(model, lr, wd, fused=False)
+    sched = make_schedule(opt, warmup, task.steps_per_epoch * epochs)
     losses = []
     model.train()
     for epoch in range(epochs):

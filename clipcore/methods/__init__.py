@@ -70,7 +70,7 @@ class Task:
                     a batch is a tuple of tensors with a leading batch dimension (split into K chunks)
     loss_from_embeddings  (image, text, logit_scale, labels) -> (loss, info) of the whole batch, holding no
                     trainable parameters of its own; under torchrun it gathers the other ranks' rows
-                    (:func:`clipcore.distributed.gathered_loss`) so that it is the global batch's loss
+                    (:func:`clipcore.losses.make_loss`) so that it is the global batch's loss
 
     Under torchrun the loop runs ``step`` inside DistributedDataParallel's forward (gradients are averaged over
     ranks); ``loader`` should then yield this rank's slice of each global batch (``make_loader(..., rank=,
@@ -130,6 +130,40 @@ def load_init(cfg, device, why: str) -> tuple[torch.nn.Module, object, dict, dic
     model, tokenizer, ckpt = load_model(cfg.init, device)
     return model, tokenizer, ckpt, dict(preprocess=ckpt_io.preprocess_of(ckpt, model), seed=cfg.seed,
                                         skip_bad=cfg.skip_bad)
+
+
+class HeldOut:
+    """The held-out data of a run, one rule for plain CLIP and every method: ``--val-data`` (or the embedded data's
+    val split when training on the embedded default) is scored after every epoch; the embedded test split, when
+    training on the default, at the end (otherwise the val data stand in for it).
+
+    splits: {"val": dataset, "test": dataset}, the ones that exist. ``data_kw``: ``clipcore.data.load_dataset``
+    keywords (the preprocessing the model was trained with)."""
+
+    def __init__(self, cfg, data_kw: dict):
+        from clipcore.data import load_dataset
+        self.splits = {}
+        if cfg.val_data or not cfg.train_data:
+            self.splits["val"] = load_dataset(cfg.val_data, "val", **data_kw)
+        if not cfg.train_data:
+            self.splits["test"] = load_dataset(None, "test", **data_kw)
+
+    def __bool__(self) -> bool:
+        return bool(self.splits)
+
+    def dataset(self, split: str):
+        """The data scored for ``split``: "val" -> the val data; "test" -> the test split, else the val data."""
+        return self.splits.get("val") if split == "val" else self.splits.get("test", self.splits.get("val"))
+
+    def eval_splits(self, final: bool = False) -> tuple[str, ...]:
+        """The Task's ``eval_splits``; final: a method that scores something extra at the end (the val data stand
+        in for a missing test split)."""
+        return tuple(self.splits) + (("test",) if final and self.splits and "test" not in self.splits else ())
+
+    @property
+    def describe(self) -> str:
+        """The held-out data's name in the run's summary."""
+        return f"test split, {len(self.splits['test'])} images" if "test" in self.splits else "val data"
 
 
 def base_meta(ckpt: dict, data_kw: dict) -> dict:
