@@ -13,12 +13,12 @@ back with :func:`clipcore.methods.load_model`, so RECO and ARF take it as their 
 """
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 from torch import Tensor, nn
 
 from clipcore.errors import ConfigError
+from clipcore.models import logit_scale_from
 
 
 class OpenCLIP(nn.Module):
@@ -45,7 +45,7 @@ class OpenCLIP(nn.Module):
         return self.model.encode_text(text, normalize=normalize is not False)
 
     def logit_scale_value(self) -> Tensor:
-        return self.model.logit_scale.clamp(max=math.log(100)).exp()
+        return logit_scale_from(self.model.logit_scale)
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.model.set_grad_checkpointing(enable)

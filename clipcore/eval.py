@@ -26,7 +26,7 @@ import torch
 from clipcore.checkpoint import preprocess_of
 from clipcore.data import DataError, load_dataset
 from clipcore.errors import ConfigError, MissingFileError, cli
-from clipcore.evaluate import encode_images, evaluate_model, linear_probe
+from clipcore.evaluate import encode, evaluate_model, linear_probe
 from clipcore.methods import load_model, method_module
 
 LAYOUTS = ("a .csv/.tsv (filepath, caption[, label]) or a folder with one subfolder of images per class")
@@ -35,13 +35,17 @@ LAYOUTS = ("a .csv/.tsv (filepath, caption[, label]) or a folder with one subfol
 def _labelled_features(model, dataset, device, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size,
                                          collate_fn=lambda b: (torch.stack([x[0] for x in b]), torch.tensor([x[2] for x in b])))
-    feats, labels = [], []
-    for images, y in loader:
-        feats.append(encode_images(model, images, device=device, batch_size=batch_size)); labels.append(y)
+    labels = []
+
+    def images():                 # the loader's images, its labels kept in order
+        for x, y in loader:
+            labels.append(y)
+            yield x
+    feats = encode(model, "image", images(), device=device)
     y = torch.cat(labels)
     if (y < 0).any():
         raise ConfigError("--linear-probe needs labelled data (a label column or an image folder)")
-    return torch.cat(feats), y
+    return feats, y
 
 
 def read_lines(path: str | None, flag: str) -> list[str] | None:

@@ -49,29 +49,31 @@ def _batches(images_or_loader: Tensor | Iterable, batch_size: int) -> Iterator[T
 
 # ----------------------------------------------------------------------------------------- encoding
 @torch.no_grad()
+def encode(model, which: str, batches: Iterable[Tensor], *, device: str | torch.device = "cpu") -> Tensor:
+    """The one batched encoder of clipcore: ``model.encode_image`` (which="image") or ``encode_text`` ("text") of
+    each batch, in eval mode (the previous mode restored) and without gradient -> (N, D) float32 L2-normalised
+    features on the CPU. Any encoder (clipcore's CLIP, the open_clip adapter, the method wrappers) takes it."""
+    fn = {"image": "encode_image", "text": "encode_text"}[which]
+    with _eval_mode(model):
+        out = [F.normalize(getattr(model, fn)(x.to(device), normalize=True).float(), dim=-1).cpu() for x in batches]
+    if not out:
+        raise ValueError(f"encode got no {which}s (empty tensor or loader)")
+    return torch.cat(out)
+
+
 def encode_images(model, images_or_loader: Tensor | Iterable, *, batch_size: int = 512,
                   device: str | torch.device = "cpu") -> Tensor:
     """Images (N, C, H, W) tensor, or an iterable of batches (a tensor or a tuple whose first element is the
     images) -> (N, D) float32 L2-normalised features on the CPU."""
-    with _eval_mode(model):
-        out = [F.normalize(model.encode_image(x.to(device), normalize=True).float(), dim=-1).cpu()
-               for x in _batches(images_or_loader, batch_size)]
-    if not out:
-        raise ValueError("encode_images got no images (empty tensor or loader)")
-    return torch.cat(out)
+    return encode(model, "image", _batches(images_or_loader, batch_size), device=device)
 
 
-@torch.no_grad()
 def encode_texts(model, tokenizer, texts: Sequence[str], *, batch_size: int = 512,
                  device: str | torch.device = "cpu") -> Tensor:
     """Strings -> tokenizer -> (N, D) float32 L2-normalised text features on the CPU."""
     texts = list(texts)
-    with _eval_mode(model):
-        out = [F.normalize(model.encode_text(tokenizer(texts[i:i + batch_size]).to(device), normalize=True)
-                           .float(), dim=-1).cpu() for i in range(0, len(texts), batch_size)]
-    if not out:
-        raise ValueError("encode_texts got no texts")
-    return torch.cat(out)
+    return encode(model, "text", (tokenizer(texts[i:i + batch_size]) for i in range(0, len(texts), batch_size)),
+                  device=device)
 
 
 def _fill(template: Template, classname: str) -> str:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -268,19 +268,14 @@ class MemoryBank:
 
 
 # ----------------------------------------------------------------------------- building
-@torch.no_grad()
-def encode_pairs(model, images: Tensor | Iterable, texts, *, batch_size: int = 512,
+def encode_pairs(model, images: Tensor, texts: Tensor, *, batch_size: int = 512,
                  device: str | torch.device = "cpu") -> tuple[Tensor, Tensor]:
-    """Frozen-tower embeddings of pairs, in batches: images (N, ...) and texts (N, ...) tensors (token ids or
-    vectors, whatever ``model.encode_text`` takes) -> image (N, D), text (N, D), normalised, float32, CPU."""
-    was = getattr(model, "training", False)
-    model.eval()
-    try:
-        img = torch.cat([model.encode_image(x.to(device), normalize=True).float().cpu() for x in images.split(batch_size)])
-        txt = torch.cat([model.encode_text(y.to(device), normalize=True).float().cpu() for y in texts.split(batch_size)])
-    finally:
-        model.train(was)
-    return F.normalize(img, dim=-1), F.normalize(txt, dim=-1)
+    """Frozen-tower embeddings of pairs, in batches (:func:`clipcore.evaluate.encode`): images (N, ...) and texts
+    (N, ...) tensors (token ids or vectors, whatever ``model.encode_text`` takes) -> image (N, D), text (N, D),
+    normalised, float32, CPU."""
+    from clipcore.evaluate import encode
+    return (encode(model, "image", images.split(batch_size), device=device),
+            encode(model, "text", texts.split(batch_size), device=device))
 
 
 @torch.no_grad()

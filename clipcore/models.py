@@ -233,6 +233,13 @@ def build_text(cfg: TextConfig, embed_dim: int) -> nn.Module:
 
 
 # ----------------------------------------------------------------------------- CLIP
+def logit_scale_from(log_scale: Tensor, max_scale: float = 100.0, min_scale: float | None = None) -> Tensor:
+    """The logit scale 1/tau of a learned log-scale parameter: exp(t) clamped to [min_scale, max_scale] (open_clip
+    caps it at 100); the gradient is zero outside the range, as open_clip's clamp. Every model of clipcore (CLIP,
+    the open_clip adapter, GRAIN's and RECO's scales) reads its scale through this."""
+    return log_scale.clamp(min=None if min_scale is None else math.log(min_scale), max=math.log(max_scale)).exp()
+
+
 class CLIP(nn.Module):
     """Two towers and a learnable logit scale ``exp(t)``, t initialised at log(1/0.07), capped at 100."""
 
@@ -267,7 +274,7 @@ class CLIP(nn.Module):
 
     def logit_scale_value(self) -> Tensor:
         """exp(t) clamped at ``max_logit_scale``; the gradient is zero above the cap (as open_clip's clamp)."""
-        return self.logit_scale.clamp(max=math.log(self.cfg.max_logit_scale)).exp()
+        return logit_scale_from(self.logit_scale, self.cfg.max_logit_scale)
 
     def forward(self, images: Tensor, text: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         return self.encode_image(images), self.encode_text(text), self.logit_scale_value()

@@ -37,8 +37,9 @@ ROOT = Path(__file__).resolve().parents[1]
 SRC = ROOT / "paper" / "paper.src.md"
 OUT = ROOT / "paper" / "paper.md"
 RESULTS = ROOT / "experiments" / "results"
+sys.path.insert(0, str(ROOT))       # `python paper/build.py` from anywhere: the results schema is experiments.common's
+from experiments.common import claim_key, load_records  # noqa: E402
 VERDICTS = ("holds", "fails", "inconclusive", "untestable here")
-PAPERS = {"THY": "theory", "RECO": "RECO", "GRAIN": "GRAIN", "ARF": "ARF"}
 PLACEHOLDER = re.compile(r"\{\{(.+?)\}\}")
 SEGMENT = re.compile(r"'[^']*'|\[[^\]]*\]|[^.]+")
 
@@ -49,20 +50,9 @@ class PaperError(ValueError):
 
 # ----------------------------------------------------------------------------- results
 def load_claims(results: Path = RESULTS) -> dict[str, dict[str, dict]]:
-    """{tier: {id: record}} for tier in quick, full: every claim JSON (it has id, verdict and measured_text)."""
-    out: dict[str, dict[str, dict]] = {"quick": {}, "full": {}}
-    for tier, folder in (("quick", results), ("full", results / "full")):
-        for f in sorted(folder.glob("*.json")) if folder.is_dir() else []:
-            rec = json.loads(f.read_text())
-            if isinstance(rec, dict) and {"id", "verdict", "measured_text"} <= rec.keys():
-                out[tier][rec["id"]] = rec | {"_dir": str(folder)}
-    return out
-
-
-def claim_key(cid: str):
-    prefix = cid.split("-")[0]
-    order = list(PAPERS).index(prefix) if prefix in PAPERS else len(PAPERS)
-    return order, [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", cid)]
+    """{tier: {id: record}} for tier in quick, full: every claim record (experiments.common.load_records)."""
+    return {tier: {rec["id"]: rec | {"_dir": str(folder)} for rec in load_records(folder)}
+            for tier, folder in (("quick", results), ("full", results / "full"))}
 
 
 # ----------------------------------------------------------------------------- values
