@@ -340,6 +340,22 @@ def _base() -> CLIPConfig:
     )
 
 
+@register("grain-tiny")
+def _grain_tiny() -> CLIPConfig:
+    # GRAIN on PartWorld (clipcore.methods.grain), CPU scale (docs/methods.md, GRAIN §2): ViT 32 px / patch 4 (64 tokens), width 128 x 4; text 128 x 2;
+    # joint space 64.
+    return CLIPConfig(embed_dim=64, vision=VisionConfig(kind="vit", image_size=32, patch_size=4, width=128, layers=4),
+                      text=TextConfig(context_length=24, width=128, layers=2, heads=4), tokenizer="word")
+
+
+@register("grain-xs")
+def _grain_xs() -> CLIPConfig:
+    # GRAIN, the quick tier of experiments/test_grain.py: ViT 32 px / patch 4, width 48 x 1; text 48 x 1 (~0.1 s/step at B=128).
+    return CLIPConfig(embed_dim=48, vision=VisionConfig(kind="vit", image_size=32, patch_size=4, width=48, layers=1,
+                                                        heads=4, mlp_ratio=2.0),
+                      text=TextConfig(context_length=24, width=48, layers=1, heads=4, mlp_ratio=2.0), tokenizer="word")
+
+
 def get_config(name: str, **overrides) -> CLIPConfig:
     """Preset by name, with overrides: top-level fields by name, tower fields as ``vision__width=64``."""
     if name not in PRESETS:

@@ -97,3 +97,16 @@ def test_clipcore_imports_have_no_cycle():
     assert len(graph) > 20 and graph["clipcore.train"], "the walk found too few modules or imports"
     cycle = find_cycle(graph)
     assert cycle is None, "import cycle: " + " -> ".join(cycle)
+
+
+def test_every_model_preset_is_known_without_importing_a_method():
+    """Presets are registered where models live (clipcore.models), not as a side effect of importing a method:
+    a fresh interpreter that imports only clipcore.models knows GRAIN's presets."""
+    import subprocess
+    import sys
+    code = ("import sys; from clipcore.models import PRESETS, get_config; get_config('grain-tiny'); "
+            "assert not any(m.startswith('clipcore.methods') for m in sys.modules), sorted(sys.modules); "
+            "print(sorted(PRESETS))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "grain-tiny" in out.stdout and "grain-xs" in out.stdout and "tiny" in out.stdout

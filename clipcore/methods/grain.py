@@ -40,8 +40,7 @@ from clipcore.methods.grain_boxes import Match, box_loss, cxcywh_to_xyxy, hungar
 # re-exported: the zero-shot modes are part of the method's public API
 from clipcore.methods.grain_zeroshot import (class_embeddings, connective, evaluate_descriptions,  # noqa: F401
                                              image_outputs, zero_shot_scores)
-from clipcore.models import (CLIPConfig, TextConfig, VisionConfig, build_text, build_vision, config_from_dict,
-                             get_config, num_params, register)
+from clipcore.models import CLIPConfig, build_text, build_vision, config_from_dict, get_config, num_params
 from clipcore.partworld import PartWorld, PartWorldConfig
 from clipcore.tokenizer import WordTokenizer
 
@@ -90,24 +89,6 @@ class Config:
         if not 0 <= self.caption_mix <= 1 or not 0 <= self.dropout < 1:
             raise ConfigError(f"grain needs 0 <= caption_mix <= 1 and 0 <= dropout < 1; got {self.caption_mix}, "
                               f"{self.dropout}")
-
-
-# ----------------------------------------------------------------------------- presets
-@register("grain-tiny")
-def _grain_tiny() -> CLIPConfig:
-    # CPU scale (docs/methods.md, GRAIN §2): ViT 32 px / patch 4 (64 tokens), width 128 x 4; text 128 x 2;
-    # joint space 64.
-    return CLIPConfig(embed_dim=64, vision=VisionConfig(kind="vit", image_size=32, patch_size=4, width=128, layers=4),
-                      text=TextConfig(context_length=24, width=128, layers=2, heads=4), tokenizer="word")
-
-
-@register("grain-xs")
-def _grain_xs() -> CLIPConfig:
-    # The quick tier of experiments/test_grain.py: ViT 32 px / patch 4, width 48 x 1; text 48 x 1 (~0.1 s/step at B=128).
-    return CLIPConfig(embed_dim=48, vision=VisionConfig(kind="vit", image_size=32, patch_size=4, width=48, layers=1,
-                                                        heads=4, mlp_ratio=2.0),
-                      text=TextConfig(context_length=24, width=48, layers=1, heads=4, mlp_ratio=2.0), tokenizer="word")
-
 
 
 # ----------------------------------------------------------------------------- model
