@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from clipcore.encoder import Encoder
+
 Template = str | Callable[[str], str]
 
 
@@ -49,7 +51,7 @@ def _batches(images_or_loader: Tensor | Iterable, batch_size: int) -> Iterator[T
 
 # ----------------------------------------------------------------------------------------- encoding
 @torch.no_grad()
-def encode(model, which: str, batches: Iterable[Tensor], *, device: str | torch.device = "cpu") -> Tensor:
+def encode(model: Encoder, which: str, batches: Iterable[Tensor], *, device: str | torch.device = "cpu") -> Tensor:
     """The one batched encoder of clipcore: ``model.encode_image`` (which="image") or ``encode_text`` ("text") of
     each batch, in eval mode (the previous mode restored) and without gradient -> (N, D) float32 L2-normalised
     features on the CPU. Any encoder (clipcore's CLIP, the open_clip adapter, the method wrappers) takes it."""
@@ -61,14 +63,14 @@ def encode(model, which: str, batches: Iterable[Tensor], *, device: str | torch.
     return torch.cat(out)
 
 
-def encode_images(model, images_or_loader: Tensor | Iterable, *, batch_size: int = 512,
+def encode_images(model: Encoder, images_or_loader: Tensor | Iterable, *, batch_size: int = 512,
                   device: str | torch.device = "cpu") -> Tensor:
     """Images (N, C, H, W) tensor, or an iterable of batches (a tensor or a tuple whose first element is the
     images) -> (N, D) float32 L2-normalised features on the CPU."""
     return encode(model, "image", _batches(images_or_loader, batch_size), device=device)
 
 
-def encode_texts(model, tokenizer, texts: Sequence[str], *, batch_size: int = 512,
+def encode_texts(model: Encoder, tokenizer, texts: Sequence[str], *, batch_size: int = 512,
                  device: str | torch.device = "cpu") -> Tensor:
     """Strings -> tokenizer -> (N, D) float32 L2-normalised text features on the CPU."""
     texts = list(texts)

@@ -163,6 +163,9 @@ class Finetuner(nn.Module):
     def input_size(self) -> tuple[int, int]:
         return self.clip.input_size()
 
+    def logit_scale_value(self) -> Tensor:
+        return self.clip.logit_scale_value()
+
     def encode_image(self, x: Tensor, normalize: bool = True) -> Tensor:
         return self.clip.encode_image(x, normalize=normalize)
 
