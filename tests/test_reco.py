@@ -15,8 +15,8 @@ from clipcore.evaluate import retrieval_metrics, zero_shot_metrics
 from clipcore.losses import contrastive_loss
 from clipcore.memory import MemoryBank
 from clipcore.methods import load_model, trainable_parameters
-from clipcore.methods.reco import (RECO, Config, MLPFusion, TransformerFusion, fuser_params, make_task, precompute,
-                                   reco_loss)
+from clipcore.methods.reco import (RECO, AdapterMLP, Config, MLPFusion, TransformerFusion, fuser_params, make_task,
+                                   precompute, reco_loss)
 from clipcore.methods.reco import load as load_reco
 from clipcore.models import CLIP, get_config
 from clipcore.train import TrainConfig
@@ -58,6 +58,31 @@ def test_fusion_modules_shapes_norm_and_parameter_count():
     assert abs(mlp / tel - 1) < 0.01                                  # the capacity control has the same size
     # MLPFusion starts as the identity on the query
     torch.testing.assert_close(MLPFusion(D)(u, r), u)
+
+
+def test_adapter_capacity_control_sees_no_neighbour():
+    """fuser="adapter" (the paper's capacity control): an MLP of the layer's size on the query alone; RECO does not
+    search the memory for it, so the memory cannot change its embeddings, and it trains like the other fusers."""
+    assert abs(fuser_params(Config(fuser="adapter"), 128) / fuser_params(Config(), 128) - 1) < 0.01
+    u = F.normalize(torch.randn(5, D), dim=-1)
+    torch.testing.assert_close(AdapterMLP(D)(u), u)                  # starts as the identity
+    base, bank, model, x, _ = _setup(fuser="adapter", k=5)
+    with torch.no_grad():
+        for p in model.phi_image.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+        other = MemoryBank(torch.randn(50, D), torch.randn(50, D))
+        a = model.encode_image(x[:10])
+        model.memory = other
+        torch.testing.assert_close(model.encode_image(x[:10]), a)
+        model.memory = None                                          # nothing is searched at all
+        torch.testing.assert_close(model.encode_image(x[:10]), a)
+        assert not torch.allclose(a, base.encode_image(x[:10]))      # yet it is not the base
+    model.memory = bank
+    pairs = precompute(model, bank.image, bank.text, bank.ids, bank)
+    loss, _ = make_task(model, pairs, batch_size=32, seed=0).step(next(iter(make_task(model, pairs, batch_size=32,
+                                                                                        seed=0).loader(0, 0))))
+    loss.backward()
+    assert all(p.grad is not None for p in model.phi_text.parameters())
 
 
 def test_own_pair_is_excluded_from_both_neighbour_lists():

@@ -37,7 +37,7 @@ from clipcore.methods import Task, base_meta, load_init, model_from_meta
 from clipcore.models import Block, _init_transformer, num_params
 
 MODES = ("uni", "cross")
-FUSERS = ("transformer", "mlp", "none")
+FUSERS = ("transformer", "mlp", "adapter", "none")
 PAPER_PARAMS = 3.16e6          # [THIRD] at CLIP-B/32 width; per module or total is not stated
 
 
@@ -46,7 +46,9 @@ class Config:
     k: int = 10                   # neighbours per query [RECON: paper default unknown; always sweep]
     search: Literal["uni", "cross"] = "uni"  # uni: image->image, text->text [PAPER] | cross: image->text, text->image
     fusion: Literal["cross", "uni"] = "cross"  # cross: fuse the other modality of the hits [PAPER] | uni: the same modality
-    fuser: Literal["transformer", "mlp", "none"] = "transformer"  # transformer [PAPER] | mlp (capacity control, Fig. 3) | none (the frozen base)
+    # transformer [PAPER] | mlp (an MLP fuser: sees the mean of the hits) | adapter (the paper's capacity control,
+    # Fig. 3: an MLP of the same size on the query alone, no retrieval) | none (the frozen base)
+    fuser: Literal["transformer", "mlp", "adapter", "none"] = "transformer"
     layers: int = 1               # [PAPER] a single layer
     heads: int = 8                # must divide the embedding width
     mlp_ratio: float = 4.0        # [RECON] 1 layer, ratio 4: 3.15M per module at d=512 (paper: 3.16M)
@@ -120,7 +122,7 @@ class TransformerFusion(nn.Module):
 
 
 class MLPFusion(nn.Module):
-    """Capacity control (paper Fig. 3, left): an MLP on the query and the mean of its retrieved embeddings,
+    """The project's MLP fuser: an MLP on the query and the mean of its retrieved embeddings,
     u_bar = norm(u + W_2 GELU(W_1 LN([u; mean_j r_j]))). Hidden width h = (4 + 2 rho) D / 3 per layer makes it
     the size of the transformer layer (3 D h ~ (4 + 2 rho) D^2); it sees the same k items, without attention."""
 
@@ -135,11 +137,27 @@ class MLPFusion(nn.Module):
         return F.normalize(u + self.net(torch.cat([u, r.mean(1)], -1)), dim=-1)
 
 
+class AdapterMLP(nn.Module):
+    """The paper's capacity control (Fig. 3, left): a CLIP-style MLP of the transformer layer's size trained with
+    the same loss on the same data, that never sees a neighbour: u_bar = norm(u + W_2 GELU(W_1 LN(u))), hidden
+    width h = (4 + 2 rho) D / 2 per layer (2 D h ~ (4 + 2 rho) D^2). ``r`` is ignored; RECO skips the search."""
+
+    def __init__(self, dim: int, *, layers: int = 1, mlp_ratio: float = 4.0, zero_init: bool = True, **_: object):
+        super().__init__()
+        hidden = round((4 + 2 * mlp_ratio) * dim * layers / 2)
+        self.net = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
+        if zero_init:                          # starts as the identity on u
+            nn.init.zeros_(self.net[-1].weight); nn.init.zeros_(self.net[-1].bias)
+
+    def forward(self, u: Tensor, r: Tensor | None = None) -> Tensor:
+        return F.normalize(u + self.net(u), dim=-1)
+
+
 def make_fuser(cfg: Config, dim: int) -> nn.Module | None:
     """The fusion module of one side (None for ``fuser="none"``)."""
     if cfg.fuser == "none":
         return None
-    cls = TransformerFusion if cfg.fuser == "transformer" else MLPFusion
+    cls = {"transformer": TransformerFusion, "mlp": MLPFusion, "adapter": AdapterMLP}[cfg.fuser]
     return cls(dim, k=cfg.k, layers=cfg.layers, heads=cfg.heads, mlp_ratio=cfg.mlp_ratio, output_token=cfg.output_token,
                residual=cfg.residual, type_embed=cfg.type_embed, rank_embed=cfg.rank_embed, zero_init=cfg.zero_init)
 
@@ -199,6 +217,8 @@ class RECO(nn.Module):
         phi = self.phi_image if query == "image" else self.phi_text
         if phi is None:
             return u
+        if self.cfg.fuser == "adapter":        # no retrieval: the capacity control sees the query alone
+            return phi(u)
         memory = memory or self.memory
         tokens = memory.gather(rows, _other(query) if self.cfg.fusion == "cross" else query)   # (B, k, D)
         return phi(u, tokens.to(u.dtype))
@@ -206,6 +226,8 @@ class RECO(nn.Module):
     def refine(self, u: Tensor, query: str) -> Tensor:
         """Search + fuse with the model's memory: (B, D) -> (B, D)."""
         u = F.normalize(u.float(), dim=-1)
+        if self.cfg.fuser in ("adapter", "none"):   # nothing is retrieved
+            return self.fuse(u, torch.empty(len(u), 0, dtype=torch.long, device=u.device), query)
         return self.fuse(u, self.neighbours(u, query), query)
 
     def _mix(self, u: Tensor, u_bar: Tensor) -> Tensor:
