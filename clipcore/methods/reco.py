@@ -30,11 +30,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from clipcore.data import EpochBatchSampler, load_dataset
 from clipcore.errors import ConfigError
 from clipcore.losses import contrastive_loss
 from clipcore.memory import MemoryBank, build_memory
-from clipcore.methods import Task, base_meta, load_init, model_from_meta
-from clipcore.models import Block, _init_transformer, num_params
+from clipcore.methods import HeldOut, Task, base_meta, load_init, model_from_meta
+from clipcore.models import Block, _init_transformer, logit_scale_from, num_params
+from clipcore.training import TrainConfig
 
 MODES = ("uni", "cross")
 FUSERS = ("transformer", "mlp", "adapter", "none")
@@ -196,7 +198,7 @@ class RECO(nn.Module):
         return self
 
     def logit_scale_value(self) -> Tensor:
-        return self.logit_scale.clamp(max=math.log(100.0)).exp()
+        return logit_scale_from(self.logit_scale)
 
     def input_size(self) -> tuple[int, int]:
         """(image_size, in_channels) of the frozen base's image tower."""
@@ -301,9 +303,10 @@ def make_task(model: RECO, pairs: TrainPairs, *, batch_size: int, seed: int, eva
     use_labels = model.cfg.labels and bool((pairs.labels >= 0).all())
 
     def loader(epoch: int, start: int) -> Iterator[Tensor]:
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
-        for b in range(start, n // batch_size):
-            yield order[b * batch_size:(b + 1) * batch_size]
+        # clipcore.data's resumable sampler, whole batches on every rank: the RECO loss is not gathered, so a rank
+        # computes the global batch's loss itself (exact under torchrun, no faster)
+        for rows in EpochBatchSampler(n, batch_size, seed=seed, epoch=epoch, start_batch=start):
+            yield torch.tensor(rows)
 
     def step(idx: Tensor) -> tuple[Tensor, dict]:
         idx = idx.to(pairs.v.device)
@@ -329,21 +332,16 @@ def describe_params(model: RECO) -> str:
 
 
 # ----------------------------------------------------------------------------- the plug-in
-def build(cfg, mcfg: Config, device: torch.device) -> Task:
+def build(cfg: TrainConfig, mcfg: Config, device: torch.device) -> Task:
     """``python -m clipcore.train --method reco --init <base checkpoint>``: frozen base, memory (a saved bank or
     the base's embeddings of the training split), RECO trained on the training split, evaluated on val/test."""
-    from clipcore.data import load_dataset
     from clipcore.evaluate import encode_images, evaluate_model
 
     base, tokenizer, ckpt, data_kw = load_init(
         cfg, device, "--method reco needs --init <checkpoint of the frozen base CLIP>; train one first with "
                      "`python -m clipcore.train --epochs 8 --name base` and pass logs/base/checkpoints/latest.pt")
     train_ds = load_dataset(cfg.train_data, "train", **data_kw)
-    splits = {}
-    if cfg.val_data or not cfg.train_data:
-        splits["val"] = load_dataset(cfg.val_data, "val", **data_kw)
-    if not cfg.train_data:
-        splits["test"] = load_dataset(None, "test", **data_kw)
+    held = HeldOut(cfg, data_kw)
     train_bank = build_memory(base, train_ds, tokenizer, device=device,
                               meta={"encoder": str(cfg.init), "source": cfg.train_data or "animal-mnist train"})
     train_bank = train_bank.to(device)
@@ -355,7 +353,7 @@ def build(cfg, mcfg: Config, device: torch.device) -> Task:
                        labels=train_bank.labels, max_score=mcfg.train_dedup or None)
 
     def evaluate(split: str) -> dict:
-        ds = splits.get(split) if split == "val" else splits.get("test", splits.get("val"))
+        ds = held.dataset(split)
         out = {}
         if mcfg.dedup:                       # de-duplicate the evaluation memory against this split's images
             batches = torch.utils.data.DataLoader(ds, batch_size=512, collate_fn=lambda b: torch.stack([x[0] for x in b]))
@@ -372,12 +370,12 @@ def build(cfg, mcfg: Config, device: torch.device) -> Task:
     src = mcfg.memory or "base embeddings of the training split"
     describe = (f"{len(train_ds)} train pairs; memory {len(memory)} pairs ({src}), training memory {len(train_memory)}; "
                 f"k={mcfg.k}, {mcfg.search} search + {mcfg.fusion} fusion; " + describe_params(model))
-    return make_task(model, pairs, batch_size=cfg.batch_size, seed=cfg.seed, evaluate=evaluate if splits else None,
-                     eval_splits=tuple(splits) + (("test",) if "test" not in splits and splits else ()),
+    return make_task(model, pairs, batch_size=cfg.batch_size, seed=cfg.seed, evaluate=evaluate if held else None,
+                     eval_splits=held.eval_splits(final=True),
                      meta={"reco_config": dataclasses.asdict(mcfg), "base_checkpoint": str(cfg.init),
                            "base": base_meta(ckpt, data_kw), "tokenizer": ckpt.get("tokenizer"),
                            "preprocess": data_kw["preprocess"].to_dict(), "memory_meta": memory.meta},
-                     describe=describe, held_out=f"test split, {len(splits['test'])} images" if "test" in splits else "val data")
+                     describe=describe, held_out=held.describe)
 
 
 def load(ckpt: dict, device: str | torch.device = "cpu", memory: MemoryBank | str | None = None
@@ -387,7 +385,6 @@ def load(ckpt: dict, device: str | torch.device = "cpu", memory: MemoryBank | st
     option, else the base's embeddings of the training split recorded in the checkpoint's train_config
     (recomputed)."""
     from clipcore.checkpoint import preprocess_of
-    from clipcore.data import load_dataset
 
     if "reco_config" not in ckpt:
         raise ConfigError(f"{ckpt.get('loaded_from', 'the checkpoint')} is not a --method reco checkpoint (no "
