@@ -13,7 +13,9 @@ their loss); ``state()`` says which happened:
     loader = stopper.wrap(loader)                       # (epoch, start_batch) -> batches, as Task.loader
     stopper.state()  # {"plateau/reached": 1.0, "plateau/best_step": 350.0, "plateau/best_val_loss": 2.91, ...}
 
-Under torchrun every rank computes the same validation loss on the same weights, so all ranks stop together.
+Under torchrun every rank computes the same validation loss on the same weights, so all ranks stop together. The
+stopper's state (best loss, best weights, checks) is not in the checkpoint: a run continued with ``--resume``
+counts its patience afresh from the resumed weights.
 """
 from __future__ import annotations
 
