@@ -163,6 +163,17 @@ class RegionDataset(torch.utils.data.Dataset):
             raise DataError(f"{self.rows[i]}: cannot read image {self.paths[i]} ({type(e).__name__}: {e}); "
                             "replace the file or remove its line") from e
 
+    def subset(self, idx: Sequence[int]) -> "RegionDataset":
+        """The items ``idx`` as a dataset of their own (same options; e.g. a validation split held out of a file)."""
+        import copy
+        idx = [int(i) for i in idx]
+        new = copy.copy(self)
+        new.captions, new.aug_captions = [self.captions[i] for i in idx], [self.aug_captions[i] for i in idx]
+        new.regions, new.labels, new.rows = [self.regions[i] for i in idx], self.labels[idx], [self.rows[i] for i in idx]
+        new.paths = None if self.paths is None else [self.paths[i] for i in idx]
+        new._cache = None if self._cache is None else self._cache[idx]
+        return new
+
     def all_images(self) -> Tensor:
         """Every image, (N, C, S, S) normalised (the in-memory cache itself, or the files loaded and stacked)."""
         return self._cache if self._cache is not None else torch.stack([self._image(i) for i in range(len(self))])

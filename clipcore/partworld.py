@@ -265,11 +265,12 @@ class PartWorld:
 
     # ------------------------------------------------------------------------------------------ samples
     def sample(self, split: str, n: int | None = None, domain: str = "photo") -> Sample:
-        """``train``: n images of seen classes only (uniform), annotated; ``test``: n_test_per_class images of every
-        class (seen and novel), annotated too (captions of novel classes are never used for training)."""
+        """``train``: n images of seen classes only (uniform), annotated; ``val``: the same, an independent draw (a
+        held-out split of the training world); ``test``: n_test_per_class images of every class (seen and novel),
+        annotated too (captions of novel classes are never used for training)."""
         split_id = {"train": 1, "test": 2, "val": 3}[split]
         rng = np.random.default_rng([self.seed, split_id, DOMAINS.index(domain)])
-        if split == "train":
+        if split in ("train", "val"):
             seen = np.flatnonzero(self.seen)
             labels = seen[rng.integers(len(seen), size=n or self.cfg.n_train)]
         else:

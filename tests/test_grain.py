@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from clipcore.annotations import RegionBatch
+from clipcore.errors import ConfigError
 from clipcore.evaluate import zero_shot_classifier
 from clipcore.methods import grain, grain_zeroshot
 from clipcore.methods.grain_boxes import (box_iou, box_loss, cxcywh_to_xyxy, giou, hungarian_match, match_cost,
@@ -227,9 +228,62 @@ def test_cli_trains_on_a_written_partworld(tmp_path):
     write_world([str(tmp_path / "pw"), "--n-train", "48", "--n-test-per-class", "1"])
     cfg = parse_args(["--method", "grain", "--model", "grain-xs", "--train-data", str(tmp_path / "pw" / "annotations.jsonl"),
                       "--batch-size", "16", "--epochs", "1", "--grain-decoder-width", "32", "--grain-decoder-layers", "1",
-                      "--grain-decoder-ffn", "64", "--warmup", "1", "--logs", str(tmp_path / "logs"), "--device", "cpu"])
+                      "--grain-decoder-ffn", "64", "--warmup", "1", "--logs", str(tmp_path / "logs"), "--device", "cpu",
+                      "--grain-val-size", "16"])      # 16 of the 48 rows held out for the validation loss
     out = train(cfg)
     assert out["run_dir"].endswith("grain_annotations_s0")
     assert 0 <= out["novel/name+desc/acc"] <= 1 and 0 <= out["grounding/box_iou50"] <= 1   # the held-out metrics
+    # 32 rows / 16: one epoch of 2 steps, then the final weights' validation loss (no check came due mid-run)
+    assert out["plateau/checks"] == 1.0 and out["plateau/steps"] == 2.0 and out["plateau/best_step"] == 2.0
     model, _, ckpt = load_model(f"{out['run_dir']}/checkpoints/latest.pt")
-    assert isinstance(model, grain.GrainModel) and ckpt["step"] == 3
+    assert isinstance(model, grain.GrainModel) and ckpt["step"] == 2
+
+
+# ----------------------------------------------------------------------------- training to a plateau
+def test_plateau_stops_after_patience_and_restores_the_best_weights():
+    from clipcore.methods.grain_plateau import Plateau
+    model = torch.nn.Linear(2, 1)
+    losses = iter([3.0, 2.0, 2.05, 1.999, 2.5, 9.0])      # checks at steps 2, 4, 6, 8, 10: improvement only at 4
+    seen = []
+
+    def val_loss() -> float:
+        seen.append(model.weight.detach().clone())
+        return next(losses)
+    p = Plateau(model, val_loss, every=2, patience=3, min_delta=0.01)   # 1.999 < 2.0 but not by min_delta
+    loader = p.wrap(lambda epoch, start: iter(range(4)))                # 4 batches per epoch
+    handed = []
+    for epoch in range(5):
+        for b in loader(epoch, 0):
+            handed.append((epoch, b))
+            with torch.no_grad():
+                model.weight += 1.0                                     # "the update" of this batch
+    # checks at steps 2, 4 (best), 6, 8, 10 -> the third check without improvement (step 10) stops it
+    assert p.stopped and [s for s, _ in p.history] == [2, 4, 6, 8, 10] and len(handed) == 10
+    assert handed[-1] == (2, 1) and all(e <= 2 for e, _ in handed)      # later epochs hand out nothing
+    torch.testing.assert_close(model.weight, seen[1])                   # the weights of the step-4 check
+    assert p.state() == {"plateau/reached": 1.0, "plateau/best_step": 4.0, "plateau/best_val_loss": 1.999,
+                         "plateau/steps": 10.0, "plateau/checks": 5.0}
+    never = Plateau(model, lambda: 1.0, every=1, patience=0)            # patience 0: tracks, never stops
+    assert len(list(never.wrap(lambda e, s: iter(range(5)))(0, 0))) == 5 and not never.stopped
+    with pytest.raises(ValueError):
+        Plateau(model, lambda: 1.0, every=0, patience=1)
+
+
+def test_grain_trains_to_a_plateau_in_the_loop(tmp_path):
+    """--grain-val-size / --grain-patience through clipcore.train: a PartWorld "val" draw of seen classes; with a
+    learning rate too small to move the validation loss by min_delta the run stops after `patience` checks, runs
+    its later epochs empty and reports where it stopped."""
+    from clipcore.partworld import PartWorld, PartWorldConfig
+    w = PartWorld(PartWorldConfig(n_train=32, n_test_per_class=1), seed=3)
+    val, train_ = w.sample("val", 16), w.sample("train", 16)
+    assert w.seen[val.labels].all() and not np.array_equal(val.images, train_.images)
+    from clipcore.train import TrainConfig, train
+    opts = dict(world_train=64, world_test_per_class=1, decoder_width=32, decoder_layers=1, decoder_ffn=64,
+                val_size=32, val_every=1, patience=2, min_delta=1e-3)
+    cfg = TrainConfig(method="grain", model="grain-xs", options=opts, batch_size=32, epochs=3, lr=1e-9, warmup=0,
+                      seed=0, logs=str(tmp_path), log_every=100)
+    out = train(cfg)
+    assert out["steps"] == 3 and out["plateau/reached"] == 1.0 and out["plateau/best_step"] == 1.0   # of 6 planned
+    assert out["plateau/checks"] == 3.0 and 0 <= out["novel/name+desc/acc"] <= 1
+    with pytest.raises(ConfigError, match="val-size"):
+        grain.Config(patience=3)

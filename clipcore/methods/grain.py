@@ -74,6 +74,13 @@ class Config:
     world_train: int = 20_000        # PartWorld training images
     world_test_per_class: int = 10   # PartWorld test images per class
     world_seed: int = -1              # -1: the run's --seed
+    # training to a plateau (grain_plateau.py): early stopping on the validation loss of held-out training data
+    val_size: int = 0                 # held-out images for the validation loss (PartWorld: a separate draw of its
+                                      # seen classes; --train-data: rows held out of the file); 0: no validation
+    val_every: int = 0                # optimiser steps between validation checks; 0: once per epoch
+    patience: int = 0                 # stop after this many checks without improvement, restoring the best
+                                      # check's weights; 0: never stop early (the loss is still tracked)
+    min_delta: float = 0.0            # the decrease of the validation loss that counts as an improvement
 
     def __post_init__(self) -> None:
         """Bad options fail here, before any checkpoint or data is read."""
@@ -86,6 +93,9 @@ class Config:
             raise ConfigError(f"grain needs num_region_queries, decoder_layers, decoder_heads >= 1 and decoder_heads "
                               f"dividing decoder_width; got {self.num_region_queries}, {self.decoder_layers}, "
                               f"{self.decoder_heads}, {self.decoder_width}")
+        if min(self.val_size, self.val_every, self.patience, self.min_delta) < 0 or (self.patience and not self.val_size):
+            raise ConfigError(f"grain needs val_size, val_every, patience, min_delta >= 0, and --grain-val-size > 0 for "
+                              f"--grain-patience; got {self.val_size}, {self.val_every}, {self.patience}, {self.min_delta}")
         if not 0 <= self.caption_mix <= 1 or not 0 <= self.dropout < 1:
             raise ConfigError(f"grain needs 0 <= caption_mix <= 1 and 0 <= dropout < 1; got {self.caption_mix}, "
                               f"{self.dropout}")
@@ -255,12 +265,29 @@ def grain_loss(out: dict, batch: RegionBatch, text: Tensor, scale: Tensor, mcfg:
 
 # ----------------------------------------------------------------------------- the plug-in
 @functools.lru_cache(maxsize=2)
-def _partworld(seed: int, n_train: int, n_test: int, image_size: int):
-    """The default data: a PartWorld generated in memory; cached, so the models of one experiment that share a
-    seed share the world."""
+def _partworld(seed: int, n_train: int, n_test: int, image_size: int, n_val: int = 0):
+    """The default data: a PartWorld generated in memory (and ``n_val`` held-out images of its seen classes, the
+    "val" draw; None when 0); cached, so the models of one experiment that share a seed share the world."""
     world = PartWorld(PartWorldConfig(n_train=n_train, n_test_per_class=n_test, image_size=image_size), seed=seed)
     train, test = world.sample("train"), world.sample("test")
-    return world.vocabulary_texts(), train, test, world.class_table()
+    return world.vocabulary_texts(), train, test, world.class_table(), world.sample("val", n_val) if n_val else None
+
+
+def _plateau(model: "GrainModel", val_ds, tokenizer, mcfg: Config, batch_size: int, steps_per_epoch: int, device):
+    """The early-stopping wrapper (grain_plateau.Plateau) on the model's own objective over ``val_ds``."""
+    from clipcore.methods.grain_plateau import Plateau
+    batches = list(region_loader(val_ds, tokenizer, batch_size, seed=0, shuffle=False, drop_last=False,
+                                 max_regions=mcfg.num_region_queries))   # one fixed caption draw (epoch 0)
+
+    def val_loss() -> float:
+        total = 0.0
+        for b in batches:
+            b = b.to(device)
+            text = model.encode_text(b.tokens).float()
+            total += grain_loss(model(b.images), b, text, model.logit_scale_value(), mcfg)[0].item() * len(b.images)
+        return total / len(val_ds)
+    return Plateau(model, val_loss, every=mcfg.val_every or steps_per_epoch, patience=mcfg.patience,
+                   min_delta=mcfg.min_delta)
 
 
 def build(cfg, mcfg: Config, device) -> Task:
@@ -270,15 +297,22 @@ def build(cfg, mcfg: Config, device) -> Task:
     s, q = model_cfg.vision.image_size, mcfg.num_region_queries
     data_kw = dict(image_size=s, seed=cfg.seed, caption_mix=mcfg.caption_mix,
                    shuffle_descriptions=mcfg.shuffle_descriptions, score_threshold=mcfg.score_threshold, max_regions=q)
-    table = test = None
+    table = test = val_ds = None
     if cfg.train_data is None:
-        vocab_texts, tr, te, table = _partworld(cfg.seed if mcfg.world_seed < 0 else mcfg.world_seed, mcfg.world_train,
-                                                 mcfg.world_test_per_class, s)
+        vocab_texts, tr, te, table, va = _partworld(cfg.seed if mcfg.world_seed < 0 else mcfg.world_seed,
+                                                     mcfg.world_train, mcfg.world_test_per_class, s, mcfg.val_size)
         train_ds = from_records(tr.records, tr.images, **data_kw)
+        val_ds = from_records(va.records, va.images, **data_kw) if va is not None else None
         test_ds = from_records(te.records, te.images, image_size=s)
         test = (test_ds.all_images(), test_ds.labels, torch.from_numpy(te.parts).float())
     else:
         train_ds = load_annotations(cfg.train_data, **data_kw)
+        if mcfg.val_size:
+            if mcfg.val_size >= len(train_ds):
+                raise ConfigError(f"--grain-val-size {mcfg.val_size} holds out all {len(train_ds)} rows of "
+                                  f"{cfg.train_data}; use fewer")
+            order = torch.randperm(len(train_ds), generator=torch.Generator().manual_seed(cfg.seed)).tolist()
+            train_ds, val_ds = train_ds.subset(order[mcfg.val_size:]), train_ds.subset(order[:mcfg.val_size])
         vocab_texts = [c for c in train_ds.captions] + [a for a in train_ds.aug_captions if a] \
             + [d for r in train_ds.regions for d in r.descriptions]
         root = Path(cfg.train_data).parent
@@ -309,20 +343,30 @@ def build(cfg, mcfg: Config, device) -> Task:
         text = model.encode_text(batch.tokens).float()
         return grain_loss(out, batch, text, model.logit_scale_value(), mcfg)
 
+    steps_per_epoch = len(train_ds) // cfg.batch_size
+    loader = lambda epoch, start: region_loader(train_ds, tokenizer, cfg.batch_size, seed=cfg.seed, epoch=epoch,  # noqa: E731
+                                                start_batch=start, num_workers=cfg.workers, max_regions=q)
+    stopper = _plateau(model, val_ds, tokenizer, mcfg, cfg.batch_size, steps_per_epoch, device) if val_ds else None
+
     def evaluate(split: str) -> dict[str, float]:
-        return evaluate_descriptions(model, tokenizer, *test[:2], table, parts=test[2], device=device)
+        res = evaluate_descriptions(model, tokenizer, *test[:2], table, parts=test[2], device=device)
+        if stopper is None:
+            return res
+        stopper.finish()
+        return {**res, **stopper.state()}
 
     n_params = num_params(model.visual) + num_params(model.text)
     return Task(
-        model=model, steps_per_epoch=len(train_ds) // cfg.batch_size,
-        loader=lambda epoch, start: region_loader(train_ds, tokenizer, cfg.batch_size, seed=cfg.seed, epoch=epoch,
-                                                  start_batch=start, num_workers=cfg.workers, max_regions=q),
+        model=model, steps_per_epoch=steps_per_epoch, loader=stopper.wrap(loader) if stopper else loader,
         step=step, evaluate=evaluate if test is not None else None, eval_splits=("test",) if test is not None else (),
         meta={"model_config": dataclasses.asdict(model_cfg), "grain_config": dataclasses.asdict(mcfg),
               "preprocess": preprocess_cfg(s, cfg.train_data is None).to_dict(),
               "tokenizer": tokenizer.state_dict() if hasattr(tokenizer, "state_dict") else None},
         describe=f"{len(train_ds)} annotated images ({'PartWorld, in memory' if cfg.train_data is None else cfg.train_data}), "
-                 f"encoders {n_params / 1e6:.2f}M, {trainable_parameters(model) / 1e6:.2f}M trainable{loaded}",
+                 f"encoders {n_params / 1e6:.2f}M, {trainable_parameters(model) / 1e6:.2f}M trainable{loaded}"
+                 + (f"; validation loss on {len(val_ds)} held-out images every {stopper.every} steps"
+                    + (f", stop after {mcfg.patience} checks without improvement" if mcfg.patience else "")
+                    if stopper else ""),
         held_out=f"PartWorld test images, {len(test[1])}" if test is not None else "none",
     )
 
@@ -355,7 +399,7 @@ def held_out(ckpt: dict, data: str | None, image_size: int) -> tuple[Tensor, Ten
     tc, mcfg = ckpt.get("train_config") or {}, Config(**ckpt["grain_config"])
     if data is None and tc.get("train_data") is None:
         seed = tc.get("seed", 0) if mcfg.world_seed < 0 else mcfg.world_seed
-        _, _, te, table = _partworld(seed, mcfg.world_train, mcfg.world_test_per_class, image_size)
+        _, _, te, table, _ = _partworld(seed, mcfg.world_train, mcfg.world_test_per_class, image_size)
         ds = from_records(te.records, te.images, image_size=image_size)
         return ds.all_images(), ds.labels, torch.from_numpy(te.parts).float(), table
     path = Path(data if data is not None else tc["train_data"])
