@@ -105,10 +105,12 @@ def fit(optimisation: Optimisation, progress: Progress, epochs: int, hooks: Hook
 
     Logs at step 1, every ``log_every`` steps, at each epoch's end and at a stop; checkpoints every ``save_every``
     steps (0: never mid-epoch), at a stop inside an epoch, and at every epoch's end (then ``hooks.end_epoch``).
+    An epoch whose batches end early (``task.finished`` then says why) ends the run as completed.
     ``progress`` is updated in place, so the shell sees how far a run got even when it raises."""
     task, p, stop = optimisation.task, progress, False
     steps_per_epoch = task.steps_per_epoch
-    while p.epoch < epochs and not stop:
+    finished = task.finished or (lambda: False)      # the method's own end of training (early stopping)
+    while p.epoch < epochs and not stop and not finished():
         task.model.train()
         p.epoch_losses = []
         bar = tqdm(hooks.batches(p.epoch, p.batch), desc=f"epoch {p.epoch + 1}/{epochs}", leave=False, file=sys.stderr,

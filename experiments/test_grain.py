@@ -14,7 +14,7 @@ Each (model, seed) is trained once and shared by all claims (module fixture). G-
 Training to a plateau (both tiers): every run holds out VAL images of its world's seen classes (PartWorld's "val"
 draw), checks its own training objective on them every VAL_EVERY steps, and stops after PATIENCE checks without an
 improvement > MIN_DELTA, restoring the best check's weights (options val_size / val_every / patience / min_delta of
-clipcore.methods.grain, grain_plateau.py); EPOCHS is only a budget. The share of runs that reached the plateau is
+clipcore.methods.grain, its plateau.py); EPOCHS is only a budget. The share of runs that reached the plateau is
 reported in every row; S2 and S3 (the claims that need models trained to a plateau) are "untestable here" when
 fewer than PLATEAU_MIN of their runs reached it.
 

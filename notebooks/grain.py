@@ -56,7 +56,7 @@ RESULTS = ROOT / "experiments" / "results"
 OUT = Path(os.environ.get("GRAIN_NOTEBOOK_OUT", Path(tempfile.gettempdir()) / "clipcore_grain_notebook"))
 OUT.mkdir(parents=True, exist_ok=True)
 
-from clipcore.partworld import PartWorld, PartWorldConfig  # noqa: E402
+from clipcore.methods.grain.partworld import PartWorld, PartWorldConfig  # noqa: E402
 
 # %% [markdown]
 # ## 1. PartWorld and its annotations

@@ -1,4 +1,4 @@
-"""The JSON-lines region-annotation loader (clipcore.annotations): box rules, caption mixing, batching, errors."""
+"""The JSON-lines region-annotation loader (clipcore.methods.grain.annotations): box rules, caption mixing, batching, errors."""
 import json
 
 import numpy as np
@@ -6,7 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
-from clipcore.annotations import collate_regions, from_records, load_annotations, parse_regions, region_loader
+from clipcore.methods.grain.annotations import collate_regions, from_records, load_annotations, parse_regions, region_loader
 from clipcore.data import DataError
 from clipcore.tokenizer import WordTokenizer
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from clipcore.partworld import DOMAINS
+from clipcore.methods.grain.partworld import DOMAINS
 from theory.arfworld import ArfWorld, ArfWorldConfig
 
 SMALL = ArfWorldConfig(n_groups=4, id_groups=2, image_size=8, n_pretrain=60, n_pool=300, n_finetune=2, n_test=2)

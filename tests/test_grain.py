@@ -1,17 +1,18 @@
 """GRAIN: box utilities, Hungarian matcher, losses, model, zero-shot modes, and the plug-in (clipcore.methods.grain)."""
 import itertools
 import math
+import warnings
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
-from clipcore.annotations import RegionBatch
+from clipcore.methods.grain.annotations import RegionBatch
 from clipcore.errors import ConfigError
-from clipcore.evaluate import zero_shot_classifier
-from clipcore.methods import grain, grain_zeroshot
-from clipcore.methods.grain_boxes import (box_iou, box_loss, cxcywh_to_xyxy, giou, hungarian_match, match_cost,
+from clipcore.evaluate import encode_texts, zero_shot_classifier
+from clipcore.methods import grain
+from clipcore.methods.grain.boxes import (box_iou, box_loss, cxcywh_to_xyxy, giou, hungarian_match, match_cost,
                                           xyxy_to_cxcywh)
 from clipcore.models import get_config
 from clipcore.tokenizer import WordTokenizer
@@ -182,7 +183,7 @@ def test_class_embeddings_modes_and_renorm():
         raw = grain.class_embeddings(model, tok, names, descs, ["a photo of {c}"], mode)
         ren = grain.class_embeddings(model, tok, names, descs, ["a photo of {c}"], mode, renorm=True)
         assert raw.shape == (2, 48) and torch.allclose(ren, F.normalize(raw, dim=-1), atol=1e-6)
-    one = grain_zeroshot._encode(model, tok, ["a photo of blib which is a blue circle"], "cpu")[0]
+    one = encode_texts(model, tok, ["a photo of blib which is a blue circle"])[0]
     assert torch.allclose(grain.class_embeddings(model, tok, names, descs, ["a photo of {c}"], "name+desc")[1], one, atol=1e-6)
 
 
@@ -219,11 +220,11 @@ def test_build_trains_a_step_and_evaluates_on_a_small_partworld():
 
 
 def test_cli_trains_on_a_written_partworld(tmp_path):
-    """`python -m clipcore.partworld DIR` then `python -m clipcore.train --method grain --train-data DIR/annotations.jsonl`:
+    """`python -m clipcore.methods.grain.partworld DIR` then `python -m clipcore.train --method grain --train-data DIR/annotations.jsonl`:
     the annotation-file path of the loader, the test split read back from test.jsonl/classes.json, the loop's
     checkpoint, and clipcore.eval's loader on it."""
     from clipcore.methods import load_model
-    from clipcore.partworld import main as write_world
+    from clipcore.methods.grain.partworld import main as write_world
     from clipcore.train import parse_args, train
     write_world([str(tmp_path / "pw"), "--n-train", "48", "--n-test-per-class", "1"])
     cfg = parse_args(["--method", "grain", "--model", "grain-xs", "--train-data", str(tmp_path / "pw" / "annotations.jsonl"),
@@ -241,7 +242,7 @@ def test_cli_trains_on_a_written_partworld(tmp_path):
 
 # ----------------------------------------------------------------------------- training to a plateau
 def test_plateau_stops_after_patience_and_restores_the_best_weights():
-    from clipcore.methods.grain_plateau import Plateau
+    from clipcore.methods.grain.plateau import Plateau
     model = torch.nn.Linear(2, 1)
     losses = iter([3.0, 2.0, 2.05, 1.999, 2.5, 9.0])      # checks at steps 2, 4, 6, 8, 10: improvement only at 4
     seen = []
@@ -271,9 +272,9 @@ def test_plateau_stops_after_patience_and_restores_the_best_weights():
 
 def test_grain_trains_to_a_plateau_in_the_loop(tmp_path):
     """--grain-val-size / --grain-patience through clipcore.train: a PartWorld "val" draw of seen classes; with a
-    learning rate too small to move the validation loss by min_delta the run stops after `patience` checks, runs
-    its later epochs empty and reports where it stopped."""
-    from clipcore.partworld import PartWorld, PartWorldConfig
+    learning rate too small to move the validation loss by min_delta the run stops after `patience` checks (the
+    Task's ``finished``: no empty epochs after it, a completed run) and reports where it stopped."""
+    from clipcore.methods.grain.partworld import PartWorld, PartWorldConfig
     w = PartWorld(PartWorldConfig(n_train=32, n_test_per_class=1), seed=3)
     val, train_ = w.sample("val", 16), w.sample("train", 16)
     assert w.seen[val.labels].all() and not np.array_equal(val.images, train_.images)
@@ -282,7 +283,10 @@ def test_grain_trains_to_a_plateau_in_the_loop(tmp_path):
                 val_size=32, val_every=1, patience=2, min_delta=1e-3)
     cfg = TrainConfig(method="grain", model="grain-xs", options=opts, batch_size=32, epochs=3, lr=1e-9, warmup=0,
                       seed=0, logs=str(tmp_path), log_every=100)
-    out = train(cfg)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)        # an empty epoch's mean loss ("Mean of empty slice")
+        out = train(cfg)
+    assert out["stopped"] == "completed"
     assert out["steps"] == 3 and out["plateau/reached"] == 1.0 and out["plateau/best_step"] == 1.0   # of 6 planned
     assert out["plateau/checks"] == 3.0 and 0 <= out["novel/name+desc/acc"] <= 1
     with pytest.raises(ConfigError, match="val-size"):

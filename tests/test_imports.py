@@ -11,7 +11,7 @@ ROOT = Path(clipcore.__file__).resolve().parent
 
 
 def module_name(path: Path) -> str:
-    """``clipcore/methods/grain.py`` -> ``clipcore.methods.grain``; a package's ``__init__.py`` -> the package."""
+    """``clipcore/methods/grain/method.py`` -> ``clipcore.methods.grain``; a package's ``__init__.py`` -> the package."""
     parts = list(path.relative_to(ROOT.parent).with_suffix("").parts)
     if parts[-1] == "__init__":
         parts.pop()

@@ -1,4 +1,4 @@
-"""PartWorld (clipcore.partworld): determinism, class structure, novel split, annotations, domains, files on disk."""
+"""PartWorld (clipcore.methods.grain.partworld): determinism, class structure, novel split, annotations, domains, files on disk."""
 import json
 import subprocess
 import sys
@@ -6,8 +6,8 @@ import sys
 import numpy as np
 import pytest
 
-from clipcore.annotations import load_annotations
-from clipcore.partworld import COLOURS, DOMAINS, PartWorld, PartWorldConfig, part_phrase
+from clipcore.methods.grain.annotations import load_annotations
+from clipcore.methods.grain.partworld import COLOURS, DOMAINS, PartWorld, PartWorldConfig, part_phrase
 
 CFG = PartWorldConfig(n_train=300, n_test_per_class=1)
 
@@ -96,9 +96,9 @@ def test_write_roundtrips_through_the_loader(tmp_path):
 @pytest.mark.parametrize("args", [["out", "--n-train", "0"], ["out", "--image-size", "3"], ["a_file"]])
 def test_cli_user_errors_are_one_line_without_traceback(args, tmp_path):
     (tmp_path / "a_file").write_text("")
-    p = subprocess.run([sys.executable, "-m", "clipcore.partworld", *args], capture_output=True, text=True,
+    p = subprocess.run([sys.executable, "-m", "clipcore.methods.grain.partworld", *args], capture_output=True, text=True,
                        cwd=tmp_path, timeout=120)
     assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr
     lines = p.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("clipcore.partworld: error: "), p.stderr
+    assert len(lines) == 1 and lines[0].startswith("clipcore.methods.grain.partworld: error: "), p.stderr
     assert not (tmp_path / "out").exists()

@@ -1,6 +1,6 @@
 """A multi-domain world with ground truth for ARF (docs/methods.md, ARF §6), on PartWorld's classes and renderer.
 
-The same part-based classes are drawn in three domains (photo, sketch, painting; ``clipcore.partworld.render``).
+The same part-based classes are drawn in three domains (photo, sketch, painting; ``clipcore.methods.grain.partworld.render``).
 Texts come from generators whose content is known:
 
 - ``rich``       the stage-0 "web corpus" and the candidate pool: "a sketch of a zorbel with a red striped circle
@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from clipcore.partworld import COLOURS, DOMAINS, PATTERNS, PartWorld, PartWorldConfig, part_phrase
+from clipcore.methods.grain.partworld import COLOURS, DOMAINS, PATTERNS, PartWorld, PartWorldConfig, part_phrase
 
 
 @dataclass(frozen=True)

@@ -44,7 +44,7 @@ from clipcore.models import CLIP, config_from_dict
 # name -> module path; each module defines Config, build(cfg, mcfg, device) -> Task and load(ckpt, device)
 METHODS = {
     "reco": "clipcore.methods.reco",
-    "grain": "clipcore.methods.grain",
+    "grain": "clipcore.methods.grain.method",
     "arf": "clipcore.methods.arf",
 }
 
@@ -63,6 +63,8 @@ class Task:
     eval_splits     which of "val"/"test" exist (val after each epoch, test at the end)
     meta            extra checkpoint entries, e.g. {"model_config": ..., "tokenizer": ..., "preprocess": ...} so the
                     result loads with :func:`load_model` and reads images as it was trained
+    finished        () -> bool, optional: the method ends training itself (GRAIN's early stopping, whose loader
+                    then yields no more batches); checked before every epoch, True ends the run as completed
 
     Optional, for exact gradient accumulation (``--accum-freq K``, GradCache) and the global-batch loss under
     torchrun (``step`` is then ``loss_from_embeddings(*embed(batch))``):
@@ -88,6 +90,7 @@ class Task:
     held_out: str = "test split"  # what "test" evaluates, for the final line
     embed: Callable[[Any], tuple[Tensor, Tensor, Tensor, Tensor | None]] | None = None
     loss_from_embeddings: Callable[[Tensor, Tensor, Tensor, Tensor | None], tuple[Tensor, dict[str, float]]] | None = None
+    finished: Callable[[], bool] | None = None
 
 
 def get_method(name: str):

@@ -20,7 +20,7 @@ the noisy annotation boxes for the grounding diagnostics. Everything is determin
     w.write("data/partworld")            # images/*.png + annotations.jsonl (train) + test.jsonl + classes.json
     w.sample("test", 200, domain="sketch")   # the same classes drawn as outlines on white (also "painting")
 
-    python -m clipcore.partworld data/partworld --n-train 20000          # write() from the shell
+    python -m clipcore.methods.grain.partworld data/partworld --n-train 20000          # write() from the shell
     python -m clipcore.train --method grain --train-data data/partworld/annotations.jsonl
 """
 from __future__ import annotations
@@ -314,7 +314,7 @@ class PartWorld:
 @cli
 def main(argv: list[str] | None = None) -> None:
     import argparse
-    p = argparse.ArgumentParser(prog="python -m clipcore.partworld",
+    p = argparse.ArgumentParser(prog="python -m clipcore.methods.grain.partworld",
                                 description="Write a PartWorld in the GRAIN annotation format (images + JSON lines).")
     p.add_argument("out", help="folder to write: images/, annotations.jsonl, test.jsonl, classes.json")
     p.add_argument("--seed", type=int, default=0)

@@ -242,7 +242,7 @@ def load_annotations(path: str | Path, *, image_size: int, seed: int = 0, score_
 
 def from_records(records: list[dict], images: np.ndarray, *, image_size: int, **kw) -> RegionDataset:
     """In-memory dataset from annotation records (the JSON objects without "image") and (N, H, W, 3) uint8 images,
-    through the same validation and box rules as files (e.g. :meth:`clipcore.partworld.PartWorld.sample`)."""
+    through the same validation and box rules as files (e.g. :meth:`clipcore.methods.grain.partworld.PartWorld.sample`)."""
     size = (images.shape[2], images.shape[1])
     thr = {k: kw.pop(k) for k in ("score_threshold", "max_regions") if k in kw}
     parsed = [parse_line(json.dumps({"image": f"#{i}", **r}), f"record {i}") for i, r in enumerate(records)]

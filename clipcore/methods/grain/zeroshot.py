@@ -15,7 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from clipcore.methods.grain_boxes import box_iou, cxcywh_to_xyxy, hungarian_match, match_cost
+from clipcore.evaluate import encode_texts
+from clipcore.methods.grain.boxes import box_iou, cxcywh_to_xyxy, hungarian_match, match_cost
 
 
 # ----------------------------------------------------------------------------- zero-shot with descriptions
@@ -27,12 +28,6 @@ def connective(descriptor: str) -> str:
     if first in ("has", "often", "typically", "may", "can"):
         return "which"
     return "which has"
-
-
-@torch.no_grad()
-def _encode(model, tokenizer, texts: list[str], device, batch: int = 1024) -> Tensor:
-    return torch.cat([model.encode_text(tokenizer(texts[i:i + batch]).to(device), normalize=True).float().cpu()
-                      for i in range(0, len(texts), batch)])
 
 
 @torch.no_grad()
@@ -56,7 +51,7 @@ def class_embeddings(model, tokenizer, names: list[str], descriptors: list[list[
         else:
             raise ValueError(f"mode must be name, name+desc or desc, got {mode!r}")
     flat = [p for ps in prompts for p in ps]
-    emb = _encode(model, tokenizer, flat, device)
+    emb = encode_texts(model, tokenizer, flat, batch_size=1024, device=device)
     out, i = [], 0
     for ps in prompts:
         out.append(emb[i:i + len(ps)].mean(0))
@@ -118,7 +113,7 @@ def evaluate_descriptions(model, tokenizer, images: Tensor, labels: Tensor, tabl
             for m in ("name", "name+desc", "desc")}
     vecs["name+desc-renorm"] = F.normalize(vecs["name+desc"], dim=-1)
     m_max = max(len(d) for d in descs)
-    flat = _encode(model, tokenizer, [d for ds in descs for d in ds], device)
+    flat = encode_texts(model, tokenizer, [d for ds in descs for d in ds], batch_size=1024, device=device)
     desc_emb, desc_mask = torch.zeros(len(cls), m_max, flat.shape[1]), torch.zeros(len(cls), m_max, dtype=torch.bool)
     i = 0
     for c, ds in enumerate(descs):
@@ -156,7 +151,7 @@ def grounding(out_img: dict, labels: Tensor, parts: Tensor, table: dict, model, 
     box_iou50 = (box_iou(xyxy[b, q], parts[b, j]) > 0.5).float().mean().item()
     phrases = [[" ".join((s[1], s[2], s[0])) for s in c["parts"]] for c in table["classes"]]
     distinct = sorted({p for ps in phrases for p in ps})
-    emb = _encode(model, tokenizer, distinct, device)
+    emb = encode_texts(model, tokenizer, distinct, batch_size=1024, device=device)
     idx = {p: k for k, p in enumerate(distinct)}
     pid = torch.tensor([[idx[p] for p in phrases[c]] for c in labels.tolist()])            # (N, P)
     sims = torch.einsum("nqd,npd->npq", out_img["regions"], emb[pid])

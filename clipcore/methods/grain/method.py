@@ -31,18 +31,20 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from clipcore import checkpoint as ckpt_io
-from clipcore.annotations import RegionBatch, from_records, load_annotations, region_loader
 from clipcore.errors import ConfigError
 from clipcore.images import PreprocessCfg
 from clipcore.losses import contrastive_loss
 from clipcore.methods import Task, trainable_parameters
-from clipcore.methods.grain_boxes import Match, box_loss, cxcywh_to_xyxy, hungarian_match, match_cost  # noqa: F401
+from clipcore.methods.grain.annotations import RegionBatch, from_records, load_annotations, region_loader
+from clipcore.methods.grain.boxes import Match, box_loss, cxcywh_to_xyxy, hungarian_match, match_cost  # noqa: F401
 # re-exported: the zero-shot modes are part of the method's public API
-from clipcore.methods.grain_zeroshot import (class_embeddings, connective, evaluate_descriptions,  # noqa: F401
+from clipcore.methods.grain.partworld import PartWorld, PartWorldConfig
+from clipcore.methods.grain.zeroshot import (class_embeddings, connective, evaluate_descriptions,  # noqa: F401
                                              image_outputs, zero_shot_scores)
-from clipcore.models import CLIPConfig, build_text, build_vision, config_from_dict, get_config, num_params
-from clipcore.partworld import PartWorld, PartWorldConfig
+from clipcore.models import (CLIPConfig, build_text, build_vision, config_from_dict, get_config, logit_scale_from,
+                             num_params)
 from clipcore.tokenizer import WordTokenizer
+from clipcore.training import TrainConfig
 
 
 @dataclass
@@ -74,7 +76,7 @@ class Config:
     world_train: int = 20_000        # PartWorld training images
     world_test_per_class: int = 10   # PartWorld test images per class
     world_seed: int = -1              # -1: the run's --seed
-    # training to a plateau (grain_plateau.py): early stopping on the validation loss of held-out training data
+    # training to a plateau (plateau.py): early stopping on the validation loss of held-out training data
     val_size: int = 0                 # held-out images for the validation loss (PartWorld: a separate draw of its
                                       # seen classes; --train-data: rows held out of the file); 0: no validation
     val_every: int = 0                # optimiser steps between validation checks; 0: once per epoch
@@ -154,7 +156,7 @@ class GrainModel(nn.Module):
 
     def logit_scale_value(self) -> Tensor:
         """exp(l), l clamped to [0, log 100] (s4)."""
-        return self.logit_scale.clamp(0, math.log(100.0)).exp()
+        return logit_scale_from(self.logit_scale, 100.0, min_scale=1.0)
 
     def image_tokens(self, images: Tensor) -> Tensor:
         """(B, C, H, W) -> (B, N, width): the ViT's final-normed tokens (CLS included) or the conv feature map."""
@@ -274,8 +276,8 @@ def _partworld(seed: int, n_train: int, n_test: int, image_size: int, n_val: int
 
 
 def _plateau(model: "GrainModel", val_ds, tokenizer, mcfg: Config, batch_size: int, steps_per_epoch: int, device):
-    """The early-stopping wrapper (grain_plateau.Plateau) on the model's own objective over ``val_ds``."""
-    from clipcore.methods.grain_plateau import Plateau
+    """The early-stopping wrapper (plateau.Plateau) on the model's own objective over ``val_ds``."""
+    from clipcore.methods.grain.plateau import Plateau
     batches = list(region_loader(val_ds, tokenizer, batch_size, seed=0, shuffle=False, drop_last=False,
                                  max_regions=mcfg.num_region_queries))   # one fixed caption draw (epoch 0)
 
@@ -290,9 +292,14 @@ def _plateau(model: "GrainModel", val_ds, tokenizer, mcfg: Config, batch_size: i
                    min_delta=mcfg.min_delta)
 
 
-def build(cfg, mcfg: Config, device) -> Task:
+def build(cfg: TrainConfig, mcfg: Config, device) -> Task:
     """The GRAIN task for clipcore.train (cfg: TrainConfig; mcfg: this module's Config)."""
     init = ckpt_io.load(cfg.init) if cfg.init else None
+    if init is not None and "model_config" not in init:   # an open_clip base: GRAIN rebuilds clipcore towers
+        raise ConfigError(f"--method grain --init {cfg.init}: GRAIN builds its region decoder on clipcore's CLIP "
+                          "towers and starts from a clipcore CLIP checkpoint; this one holds "
+                          f"{init.get('open_clip_model') and 'the open_clip model ' + init['open_clip_model'] or 'no clipcore model'}"
+                          " (train a base with --model tiny-vit, or start GRAIN without --init)")
     model_cfg = config_from_dict(init["model_config"]) if init else get_config(cfg.model)
     s, q = model_cfg.vision.image_size, mcfg.num_region_queries
     data_kw = dict(image_size=s, seed=cfg.seed, caption_mix=mcfg.caption_mix,
@@ -368,6 +375,7 @@ def build(cfg, mcfg: Config, device) -> Task:
                     + (f", stop after {mcfg.patience} checks without improvement" if mcfg.patience else "")
                     if stopper else ""),
         held_out=f"PartWorld test images, {len(test[1])}" if test is not None else "none",
+        finished=(lambda: stopper.stopped) if stopper else None,
     )
 
 
