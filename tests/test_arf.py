@@ -109,6 +109,25 @@ def test_select_anchors_picks_the_task_pairs():
     assert len(r["rows"]) == 3 and (r["cls"] == -1).all()
 
 
+def test_several_query_templates_split_k_and_map_rows_to_classes():
+    """query_template "a|b": each class keeps ceil(k / 2) rows per template; query rows map back to their class."""
+    e = torch.eye(4)
+    bank = MemoryBank(e.clone(), e.clone())
+    q = torch.stack([e[0], e[1], e[2], e[3]])        # template 1 for classes 0, 1; template 2 for classes 0, 1
+    a = arf.select_anchors(bank, q, k=1, by="text", query_class=torch.tensor([0, 1, 0, 1]))
+    assert {r: c for r, c in zip(a["rows"].tolist(), a["cls"].tolist())} == {0: 0, 1: 1, 2: 0, 3: 1}
+    model0, tok = tiny_clip()
+    pool = arf.Pairs(torch.randn(12, 3, 16, 16), ["a red circle"] * 6 + ["a blue square"] * 6)
+    one = arf.arf_task(model0, tok, synthetic(), arf.Config(mode="arf", k=4, query_template="a photo of a {}"),
+                       batch_size=12, seed=0, device=torch.device("cpu"), pool=pool)
+    two = arf.arf_task(model0, tok, synthetic(), arf.Config(mode="arf", k=4, query_template="a photo of a {}|{}"),
+                       batch_size=12, seed=0, device=torch.device("cpu"), pool=pool)
+    assert len(one.anchors["rows"]) <= 4 * len(CLASSES) and len(two.anchors["rows"]) <= 2 * 2 * len(CLASSES)
+    assert set(two.anchors["cls"].tolist()) <= set(range(len(CLASSES)))
+    with pytest.raises(ValueError, match="query-template.*'a photo'"):
+        arf.Config(query_template="{}|a photo")
+
+
 @pytest.mark.parametrize("mode", ["ft", "lpft", "flyp", "arf"])
 def test_modes_train_the_right_weights(mode):
     model0, tok = tiny_clip()

@@ -75,3 +75,26 @@ def test_exclude_zs_without_id_classes_is_an_error():
     w = ArfWorld(dataclasses.replace(SMALL, id_groups=0, pool_exclude_zs=True), 0)
     with pytest.raises(ValueError, match="pool_exclude_zs"):
         w.draw("pool")
+
+
+def test_name_rate_and_photo_noise():
+    """name_rate: the share of rich captions naming their class (1: every caption, the captions of before);
+    photo_noise: extra pixel noise on photos only (0: the images of before)."""
+    w, x, y, d, caps = _pool()
+    _, x1, _, _, caps1 = _pool(name_rate=1.0, photo_noise=0.0)
+    assert caps == caps1 and torch.equal(x, x1)
+    named = lambda cs, ys: np.mean([w.classnames[c] in t.split() for t, c in zip(cs, ys.tolist())])  # noqa: E731
+    _, _, y3, _, caps3 = _pool(name_rate=0.3)
+    assert named(caps, y) == 1.0 and 0.2 < named(caps3, y3) < 0.4
+    assert all(t.startswith(f"a {DOMAINS[k]} of a ") for t, k in zip(caps3, d.tolist()))
+    _, x4, y4, d4, _ = _pool(photo_noise=0.5)
+    photo = d4 == DOMAINS.index("photo")
+    assert torch.equal(y4, y) and torch.equal(x4[~photo], x[~photo]) and not torch.equal(x4[photo], x[photo])
+    assert x4.min() >= -1 and x4.max() <= 1
+
+
+@pytest.mark.parametrize("opts, match", [({"name_rate": 0.0}, "name_rate"), ({"name_rate": 1.5}, "name_rate"),
+                                         ({"photo_noise": -0.1}, "photo_noise")])
+def test_bad_world_options_name_the_option(opts, match):
+    with pytest.raises(ValueError, match=match):
+        dataclasses.replace(SMALL, **opts)

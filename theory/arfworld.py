@@ -40,6 +40,10 @@ class ArfWorldConfig:
     attr_error: float = 0.05         # a mentioned attribute is replaced by a wrong one
     pool_domains: tuple[str, ...] | None = None  # pool domains (None: all): do shift gains need other-domain pairs?
     pool_exclude_zs: bool = False    # pool without zero-shot classes: is ARF-3's retention leakage from the pool?
+    name_rate: float = 1.0           # chance that a rich caption (stage 0, pool) names its class; the others say
+                                     # "a {domain} of a thing with ..." (weaker zero-shot names: finetuning matters)
+    photo_noise: float = 0.0         # std of extra Gaussian pixel noise on photos (images in [-1, 1]): a noisier
+                                     # finetune domain, so finetuned ID accuracy stays off its ceiling
 
     def __post_init__(self):
         doms = self.pool_domains
@@ -56,6 +60,11 @@ class ArfWorldConfig:
             object.__setattr__(self, "pool_domains", tuple(doms))
         if not isinstance(self.pool_exclude_zs, (bool, np.bool_)):
             raise ValueError(f"pool_exclude_zs={self.pool_exclude_zs!r}: pass True or False")
+        if not self.photo_noise >= 0.0:
+            raise ValueError(f"photo_noise={self.photo_noise!r}: pass a standard deviation >= 0")
+        if not 0.0 < self.name_rate <= 1.0:
+            raise ValueError(f"name_rate={self.name_rate!r}: pass a probability in (0, 1] (the share of rich "
+                             "captions that name their class)")
 
 
 SPLIT_IDS = {"pretrain": 11, "pool": 12, "finetune": 13, "test": 14}
@@ -101,6 +110,10 @@ class ArfWorld:
             at = np.flatnonzero(doms == d)
             images[at] = self.parts.render(labels[at], rng, DOMAINS[d])[0]
         x = torch.from_numpy(images).permute(0, 3, 1, 2).float().div(127.5).sub(1)
+        photo = torch.from_numpy(doms == DOMAINS.index("photo"))
+        if cfg.photo_noise > 0 and bool(photo.any()):     # drawn after the renders: photo_noise = 0 changes nothing
+            noise = rng.standard_normal(x.shape, np.float32)
+            x = torch.where(photo[:, None, None, None], (x + cfg.photo_noise * torch.from_numpy(noise)).clamp(-1, 1), x)
         return x, torch.from_numpy(labels).long(), torch.from_numpy(doms).long()
 
     def _pool_support(self) -> tuple[np.ndarray, np.ndarray]:
@@ -130,10 +143,12 @@ class ArfWorld:
         return phrases[0] if k == 1 else ", ".join(phrases[:-1]) + " and " + phrases[-1]
 
     def rich_captions(self, labels: torch.Tensor, domains: torch.Tensor, split: str) -> list[str]:
-        """Web-corpus captions with the class name: "a {domain} of a {name} with {parts}"."""
+        """Web-corpus captions: "a {domain} of a {name} with {parts}", the name with probability ``name_rate``
+        (else "thing"; its own random stream, so name_rate = 1 gives the captions it always gave)."""
         rng = np.random.default_rng([self.seed, SPLIT_IDS[split], 99])
-        return [f"a {DOMAINS[d]} of a {self.classnames[c]} with {self._describe(c, rng)}"
-                for c, d in zip(labels.tolist(), domains.tolist())]
+        named = np.random.default_rng([self.seed, SPLIT_IDS[split], 97]).random(len(labels)) < self.cfg.name_rate
+        return [f"a {DOMAINS[d]} of a {self.classnames[c] if n else 'thing'} with {self._describe(c, rng)}"
+                for c, d, n in zip(labels.tolist(), domains.tolist(), named.tolist())]
 
     def captioner(self, labels: torch.Tensor, domains: torch.Tensor, per_image: int = 2) -> list[list[str]]:
         """The captioner of L_TCA: appearance and domain, never the class name; ``per_image`` samples each."""

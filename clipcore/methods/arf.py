@@ -58,7 +58,9 @@ class Config:
     lp_steps: int = 300               # LP-FT: full-batch Adam steps of the linear-probe stage
     template: str = "a photo of a {}"  # the class prompt p_c
     query_template: str = ""          # [RECON] text of the class queries of retrieval="text"; "" = template. A
-                                      # domain word in it ("photo") pulls anchors of that domain (ARF-7)
+                                      # domain word in it ("photo") pulls anchors of that domain (ARF-7). Several
+                                      # templates separated by "|" ("a photo of a {}|a sketch of a {}"): each class
+                                      # keeps ceil(k / T) pool rows per template (union, deduplicated)
     anchors_out: str = ""             # write the retrieved anchors (row, class, score, caption) as JSON lines
     shared_negatives: bool = False    # [RECON] (the paper's section 3.4) every text of the step (prompts, captions, anchor texts)
                                       # is a candidate of every image, and every image of every text
@@ -74,6 +76,10 @@ class Config:
             raise ConfigError(f"arf options need k >= 1, anchor_ratio > 0 and {', '.join(negative) or 'weights'} "
                               f">= 0; got k={self.k}, anchor_ratio={self.anchor_ratio}"
                               + "".join(f", {n}={getattr(self, n)}" for n in negative))
+        bad = [t for t in self.query_template.split("|") if self.query_template and t.count("{}") != 1]
+        if bad:
+            raise ConfigError(f"--arf-query-template {self.query_template!r}: each '|'-separated template needs one "
+                              f"'{{}}' for the class name; {bad[0]!r} has {bad[0].count('{}')}")
         if self.shared_negatives and self.flyp_pos != "multi":
             raise ConfigError("--arf-shared-negatives pools the batch's unique prompts: it needs --arf-flyp-pos multi")
 
@@ -210,14 +216,16 @@ def fit_head(features: Tensor, labels: Tensor, head: Tensor, scale: float, steps
 
 # ----------------------------------------------------------------------------- anchors
 def select_anchors(bank, queries: Tensor, k: int, by: str = "text", *, random: bool = False,
-                   seed: int = 0) -> dict[str, Tensor]:
+                   seed: int = 0, query_class: Tensor | None = None) -> dict[str, Tensor]:
     """Anchor set A (docs/methods.md, ARF §3.2): top-k pool rows per class query, union, deduplicated (a row keeps the
-    class that scored it highest). queries (C, D): theta0's class-prompt embeddings (by="text") or normalised class
-    means of theta0's finetune-image features (by="image"). random: the same |A| rows drawn uniformly (ARF-5 ii).
-    Returns {"rows" (A,), "cls" (A,), "score" (A,)}."""
+    class that scored it highest). queries (Q, D): theta0's class-prompt embeddings (by="text") or normalised class
+    means of theta0's finetune-image features (by="image"); query_class (Q,): the class of each query row (default:
+    row q is class q; several query templates give several rows per class). random: the same |A| rows drawn
+    uniformly (ARF-5 ii). Returns {"rows" (A,), "cls" (A,), "score" (A,)}."""
     k = min(k, len(bank))
-    scores, idx = bank.search(queries, k, by=by)                       # (C, k)
-    cls = torch.arange(len(queries)).repeat_interleave(k)
+    scores, idx = bank.search(queries, k, by=by)                       # (Q, k)
+    qc = torch.arange(len(queries)) if query_class is None else torch.as_tensor(query_class, dtype=torch.long)
+    cls = qc.repeat_interleave(k)
     scores, idx = scores.reshape(-1), idx.reshape(-1)
     order = scores.argsort(descending=True)
     seen: dict[int, int] = {}
@@ -297,14 +305,17 @@ def arf_task(theta0: nn.Module, tokenizer, finetune: Pairs, mcfg: Config, *, bat
         img, txt = encode_pairs(theta0, torch.cat([pool.batch_images(range(i, min(i + 512, len(pool))))
                                                    for i in range(0, len(pool), 512)]), pool_tokens, device=device)
         bank = MemoryBank(img, txt, meta={"encoder": "theta0", "source": "arf pool"})
+        query_class, k = None, mcfg.k
         if mcfg.retrieval == "image":
             feats = _embed_images(theta0, finetune, device).cpu()
             queries = F.normalize(torch.stack([feats[finetune.labels == c].mean(0) for c in range(len(classes))]), dim=-1)
         else:                                   # text, random (Config checks the choice)
-            qt = mcfg.query_template or mcfg.template
-            queries = (prompts0 if qt == mcfg.template else prompt_embeddings(theta0, tokenizer, classes, qt, device)).cpu()
-        anchors = select_anchors(bank, queries, mcfg.k, "image" if mcfg.retrieval == "image" else "text",
-                                 random=mcfg.retrieval == "random", seed=seed)
+            qts = (mcfg.query_template or mcfg.template).split("|")
+            queries = torch.cat([(prompts0 if qt == mcfg.template else
+                                  prompt_embeddings(theta0, tokenizer, classes, qt, device)).cpu() for qt in qts])
+            query_class, k = torch.arange(len(classes)).repeat(len(qts)), -(-mcfg.k // len(qts))
+        anchors = select_anchors(bank, queries, k, "image" if mcfg.retrieval == "image" else "text",
+                                 random=mcfg.retrieval == "random", seed=seed, query_class=query_class)
         anchors["tokens"] = pool_tokens[anchors["rows"]].to(device)
         if mcfg.anchors_out:
             with open(mcfg.anchors_out, "w") as f:
