@@ -34,6 +34,11 @@ class OpenCLIP(nn.Module):
         self.model = open_clip.create_model(name, pretrained=None)
         self.tokenizer = open_clip.get_tokenizer(name)
 
+    @property
+    def visual(self) -> nn.Module:
+        """The image tower (clipcore's CLIP names it the same): what ARF's ft/lpft modes train."""
+        return self.model.visual
+
     def input_size(self) -> tuple[int, int]:
         size = self.model.visual.image_size
         return (size[0] if isinstance(size, (tuple, list)) else int(size)), 3

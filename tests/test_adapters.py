@@ -95,3 +95,16 @@ def test_train_an_open_clip_model_then_eval_reco_and_arf_on_it(tmp_path, capsys)
         m = json.loads(printed[printed.index("{"):])
         assert 0 <= m["acc1"] <= 1 and "acc5" not in m, run                 # 2 classes: no top-5
         assert run != "reco" or 0 <= m["base/acc1"] <= 1                     # RECO: refined and frozen base
+
+
+def test_arf_head_modes_train_the_image_tower_of_an_open_clip_base(oc):
+    """ARF's ft/lpft train the image tower and the head only, on any encoder (was: model.clip.text, an
+    AttributeError for the open_clip adapter)."""
+    from clipcore.methods.arf import Finetuner, set_trainable
+    model = Finetuner(oc, torch.zeros(3, 8))
+    set_trainable(model, "ft")
+    trainable = {n.split(".")[0] if n == "head" else ".".join(n.split(".")[:3]) for n, p in model.named_parameters()
+                 if p.requires_grad}
+    assert trainable == {"head", "clip.model.visual"}, trainable
+    set_trainable(model, "flyp")
+    assert all(p.requires_grad for p in model.clip.parameters())

@@ -33,10 +33,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from clipcore.data import EpochBatchSampler, load_dataset
+from clipcore.encoder import Encoder
 from clipcore.errors import ConfigError
+from clipcore.evaluate import encode, encode_texts
 from clipcore.losses import contrastive_loss
-from clipcore.methods import Task, base_meta, load_init, model_from_meta
+from clipcore.methods import HeldOut, Task, base_meta, load_init, model_from_meta
 from clipcore.methods.arf_data import Pairs, random_word_captions, read_captions, read_pool  # noqa: F401 (re-exported)
+from clipcore.training import TrainConfig
 
 MODES = ("ft", "lpft", "flyp", "arf")
 
@@ -188,19 +192,17 @@ class Finetuner(nn.Module):
 
 def set_trainable(model: Finetuner, mode: str) -> None:
     """ft/lpft: image tower + head (text tower and logit scale frozen); flyp/arf: both towers and the scale."""
+    head_only = mode in ("ft", "lpft")
     for p in model.clip.parameters():
-        p.requires_grad_(True)
-    if mode in ("ft", "lpft"):
-        for p in model.clip.text.parameters():
-            p.requires_grad_(False)
-        model.clip.logit_scale.requires_grad_(False)
+        p.requires_grad_(not head_only)
+    if head_only:                    # any encoder's image tower: clipcore's CLIP and the open_clip adapter name it visual
+        for p in model.clip.visual.parameters():
+            p.requires_grad_(True)
 
 
-@torch.no_grad()
-def prompt_embeddings(model, tokenizer, classnames: Sequence[str], template: str, device) -> Tensor:
-    """(C, D) normalised class-prompt embeddings p_c."""
-    tokens = tokenizer([template.format(c) for c in classnames]).to(device)
-    return F.normalize(model.encode_text(tokens, normalize=True).float(), dim=-1)
+def prompt_embeddings(model: Encoder, tokenizer, classnames: Sequence[str], template: str, device) -> Tensor:
+    """(C, D) normalised class-prompt embeddings p_c (float32, on ``device``)."""
+    return encode_texts(model, tokenizer, [template.format(c) for c in classnames], device=device).to(device)
 
 
 def fit_head(features: Tensor, labels: Tensor, head: Tensor, scale: float, steps: int, lr: float = 1e-2) -> Tensor:
@@ -241,11 +243,13 @@ def select_anchors(bank, queries: Tensor, k: int, by: str = "text", *, random: b
 
 
 # ----------------------------------------------------------------------------- the task
-@torch.no_grad()
-def _embed_images(model, data: Pairs, device, batch: int = 512) -> Tensor:
-    out = [model.encode_image(data.batch_images(range(i, min(i + batch, len(data)))).to(device), normalize=True).float()
-           for i in range(0, len(data), batch)]
-    return F.normalize(torch.cat(out), dim=-1)
+def _embed_images(model: Encoder, data: Pairs, device, batch: int = 512) -> Tensor:
+    """(N, D) normalised image features of ``data`` (float32, on ``device``)."""
+    return encode(model, "image", _image_batches(data, batch), device=device).to(device)
+
+
+def _image_batches(data: Pairs, batch: int):
+    return (data.batch_images(range(i, min(i + batch, len(data)))) for i in range(0, len(data), batch))
 
 
 def _pick(seed: int, epoch: int, idx: Sequence[int], counts: Tensor) -> Tensor:
@@ -260,7 +264,6 @@ def arf_task(theta0: nn.Module, tokenizer, finetune: Pairs, mcfg: Config, *, bat
              device: torch.device, pool: Pairs | None = None, evaluate=None, eval_splits: tuple = ()):
     """The finetuning Task of ``mcfg.mode`` from theta0 (left untouched) on ``finetune`` (labelled images,
     classnames, and for L_TCA its captions) and, for L_ITA, ``pool`` (images + captions)."""
-    from clipcore.data import EpochBatchSampler
     if finetune.classnames is None or finetune.labels is None or bool((finetune.labels < 0).any()):
         raise ConfigError("ARF finetunes a classifier: the finetune data needs labels and class names "
                          "(a CSV with a label column, or an image folder with one subfolder per class)")
@@ -397,17 +400,11 @@ def accuracy(model, tokenizer, data: Pairs, classnames: Sequence[str], template:
              use_head: bool = False, batch: int = 512) -> float:
     """Top-1 of argmax_c <f(x), g(p_c)> over ``classnames`` (labels of ``data`` index them), or of the FT
     head when ``use_head`` (only for the finetune classes)."""
-    was = model.training
-    model.eval()
-    prompts = None if use_head else prompt_embeddings(model, tokenizer, classnames, template, device)
-    correct = 0
-    for i in range(0, len(data), batch):
-        idx = range(i, min(i + batch, len(data)))
-        f = model.encode_image(data.batch_images(idx).to(device), normalize=True).float()
-        logits = f @ (model.head.T if use_head else prompts.T)
-        correct += int((logits.argmax(-1).cpu() == data.labels[i:i + len(idx)]).sum())
-    model.train(was)
-    return correct / max(1, len(data))
+    if len(data) == 0:
+        return 0.0
+    classes = model.head if use_head else prompt_embeddings(model, tokenizer, classnames, template, device)
+    feats = encode(model, "image", _image_batches(data, batch), device=device)
+    return int((feats @ classes.detach().float().cpu().T).argmax(-1).eq(data.labels).sum()) / len(data)
 
 
 def _relabel(ds, classnames: Sequence[str]) -> Tensor:
@@ -421,11 +418,10 @@ def _relabel(ds, classnames: Sequence[str]) -> Tensor:
     return torch.tensor([index[ds.classnames[int(y)]] for y in ds.labels], dtype=torch.long)
 
 
-def build(cfg, mcfg: Config, device: torch.device):
+def build(cfg: TrainConfig, mcfg: Config, device: torch.device) -> Task:
     """``python -m clipcore.train --method arf``: theta0 from --init, finetune set from --train-data (labelled
     CSV or class folders; default: the embedded animal-mnist train split), --arf-captions, --arf-pool.
     Evaluates ID accuracy on --val-data (or the default's val/test splits) with a WiSE-FT alpha sweep."""
-    from clipcore.data import load_dataset
     theta0, tokenizer, ckpt, kw = load_init(
         cfg, device, "--method arf finetunes a pretrained model: pass --init CHECKPOINT (theta0, e.g. a "
                      "checkpoint written by python -m clipcore.train)")
@@ -441,15 +437,11 @@ def build(cfg, mcfg: Config, device: torch.device):
     if mcfg.pool:
         pds = read_pool(mcfg.pool, **kw)
         pool = Pairs(pds, pds.captions if pds.captions is not None else pds.captions_at(list(range(len(pds)))))
-    splits = {}
-    if cfg.val_data or not cfg.train_data:
-        splits["val"] = load_dataset(cfg.val_data, "val", **kw)
-    if not cfg.train_data:
-        splits["test"] = load_dataset(None, "test", **kw)
+    held = HeldOut(cfg, kw)
     holder = {}
 
     def evaluate(split: str) -> dict:
-        ds_eval = splits.get(split) if split == "val" else splits.get("test", splits.get("val"))
+        ds_eval = held.dataset(split)
         data = Pairs(ds_eval, labels=_relabel(ds_eval, ds.classnames), classnames=ds.classnames)
         head = mcfg.mode in ("ft", "lpft")
         acc = lambda m: accuracy(m, tokenizer, data, ds.classnames, mcfg.template, device, use_head=head)  # noqa: E731
@@ -460,12 +452,11 @@ def build(cfg, mcfg: Config, device: torch.device):
         return out
 
     task = arf_task(theta0, tokenizer, finetune, mcfg, batch_size=cfg.batch_size, seed=cfg.seed, device=device,
-                    pool=pool, evaluate=evaluate if splits else None,
-                    eval_splits=tuple(splits) + (("test",) if splits and "test" not in splits else ()))
+                    pool=pool, evaluate=evaluate if held else None, eval_splits=held.eval_splits(final=True))
     holder["task"] = task
     task.meta = {**base_meta(ckpt, kw),
                  "arf_anchors": None if task.anchors is None else {k: v.cpu() for k, v in task.anchors.items()}}
-    task.held_out = "test split" if "test" in splits else "val data"
+    task.held_out = held.describe
     return task
 
 
