@@ -16,6 +16,7 @@ from typing import Literal
 import torch
 
 from clipcore.errors import ConfigError
+from clipcore.losses import make_loss
 from clipcore.runlog import summary_writer
 
 ADAMW = dict(betas=(0.9, 0.98), eps=1e-6)   # every AdamW of clipcore (open_clip's CLIP recipe)
@@ -82,6 +83,8 @@ def check_config(cfg: TrainConfig) -> None:
         value = getattr(cfg, name)
         if value is not None and not value >= least:   # also catches NaN; None: a default decided later
             raise ConfigError(f"--{name.replace('_', '-')} {value}: must be at least {least}")
+    make_loss(cfg.loss, impl=cfg.loss_impl, kernel=cfg.loss_kernel, tile=cfg.loss_tile, col_tile=cfg.loss_col_tile,
+              reg_pairs=cfg.reg_pairs)      # a loss spec that cannot run fails here, before any data are read
     if cfg.report_to == "tensorboard":
         summary_writer()      # fails now, not after the data are loaded
     if cfg.device.startswith("cuda"):

@@ -408,6 +408,8 @@ def test_loss_options_reach_the_fused_loss_from_train_config(monkeypatch):
     assert_match([got], [want], torch.float32)
     with pytest.raises(UserError, match="--loss-impl fused"):
         loss_for_run(TrainConfig(loss_impl="naive", loss_tile=8))
+    with pytest.raises(UserError, match="--loss-impl fused"):    # the CLI refuses it before any data are read
+        parse_args(["--loss-impl", "naive", "--loss-col-tile", "8"])
 
 
 def test_fp16_gradients_do_not_underflow():
