@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, Iterator, Protocol
 
 import torch
@@ -59,7 +60,8 @@ class Hooks(Protocol):
 class Optimisation:
     """One optimiser step of a Task's loss: ``runner`` is the (DDP-wrapped) :class:`clipcore.distributed.Runner`;
     accum_freq > 1 computes the full batch's gradient in chunks (GradCache, :func:`distributed.grad_cache_step`);
-    grad_clip: max global gradient norm (0: off); checkpoint: the file the non-finite-loss error names."""
+    grad_clip: max global gradient norm (0: off); checkpoint: the run's checkpoint file, which the non-finite-loss
+    error names when it exists (a resumed run's included)."""
     task: Task
     runner: torch.nn.Module
     opt: torch.optim.Optimizer
@@ -68,14 +70,15 @@ class Optimisation:
     autocast: Callable
     accum_freq: int = 1
     grad_clip: float = 0.0
-    checkpoint: str = "none"
+    checkpoint: Path | None = None
 
     def backward(self, loss: Tensor, progress: Progress, batch: int) -> None:
         """NaN/inf guard (on the mean over ranks, so all ranks stop together), then the scaled backward."""
         value = distributed.mean_across(loss)
         if not torch.isfinite(value):
+            last = self.checkpoint if self.checkpoint is not None and self.checkpoint.exists() else "none (none saved yet)"
             raise NonFiniteLoss(f"loss is {value.item()} at step {progress.step + 1} (epoch {progress.epoch}, batch "
-                                f"{batch}); the last good checkpoint is {self.checkpoint}. Lower --lr, raise --warmup "
+                                f"{batch}); the last good checkpoint is {last}. Lower --lr, raise --warmup "
                                 "or use --precision fp32.")
         ckpt_io.pause_for_test(f"step:{progress.step + 1}")
         self.scaler.scale(loss).backward()

@@ -127,7 +127,7 @@ class _Run:
             task, distributed.wrap(task.model, dd), opt, make_schedule(opt, self.warmup, total),
             torch.amp.GradScaler(device.type, enabled=self.precision == "fp16"),
             lambda: torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None),
-            accum_freq=cfg.accum_freq, grad_clip=cfg.grad_clip)
+            accum_freq=cfg.accum_freq, grad_clip=cfg.grad_clip, checkpoint=self.ckpt_path)
         self.progress, self.resumed_at = Progress(), None
         if cfg.resume:  # every rank reads the checkpoint (shared filesystem), so optimiser states agree
             o = self.optim
@@ -155,7 +155,6 @@ class _Run:
                 "method": self.cfg.method, "train_config": dataclasses.asdict(self.cfg), **self.task.meta,
             }, self.ckpt_path, keep_previous=True)
         self.saved_at = p.step
-        self.optim.checkpoint = str(self.ckpt_path)
 
     def batches(self, epoch: int, start: int):
         """The epoch's batches; a data error (UserError) from the loader first checkpoints the progress."""

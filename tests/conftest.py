@@ -28,3 +28,23 @@ def folder(tmp_path):
             arr[..., k] += 150
             Image.fromarray(arr.astype(np.uint8)).save(tmp_path / "data" / name / f"{i}.png")
     return tmp_path / "data"
+
+
+@pytest.fixture
+def loss_hook(monkeypatch):
+    """``loss_hook(call, hook)``: the loss plain CLIP training builds (``clipcore.clip_task.make_loss``) returns
+    ``hook(loss)`` on its ``call``-th call (1-based), the loss itself otherwise: a fault planted at a chosen step."""
+    from clipcore import clip_task
+    real = clip_task.make_loss
+
+    def install(call: int, hook) -> None:
+        def patched(*a, **k):
+            fn, calls = real(*a, **k), []
+
+            def f(*args, **kw):
+                calls.append(1)
+                out = fn(*args, **kw)
+                return hook(out) if len(calls) == call else out
+            return f
+        monkeypatch.setattr(clip_task, "make_loss", patched)
+    return install

@@ -283,20 +283,11 @@ def test_torn_metrics_line_is_tolerated_and_dropped(tmp_path):
 
 
 # ----------------------------------------------------------------------------- stopping
-def test_sigusr1_checkpoints_and_stops_at_the_step_boundary(tmp_path, monkeypatch):
-    real = clip_task_mod.make_loss
-
-    def signalling(*a, **k):
-        fn, calls = real(*a, **k), []
-
-        def f(*args, **kw):
-            calls.append(1)
-            if len(calls) == 2:
-                os.kill(os.getpid(), signal.SIGUSR1)
-            return fn(*args, **kw)
-        return f
-
-    monkeypatch.setattr(clip_task_mod, "make_loss", signalling)
+def test_sigusr1_checkpoints_and_stops_at_the_step_boundary(tmp_path, loss_hook):
+    def signal_then(loss):
+        os.kill(os.getpid(), signal.SIGUSR1)
+        return loss
+    loss_hook(2, signal_then)
     before = signal.getsignal(signal.SIGUSR1)
     out = train(TrainConfig(logs=str(tmp_path), name="u", max_steps=6, **FAST))
     assert out["stopped_by"] == signal.SIGUSR1 and out["steps"] == 2

@@ -6,7 +6,6 @@ import pytest
 import torch
 
 from clipcore import checkpoint as ckpt_io
-from clipcore import clip_task as clip_task_mod
 from clipcore import train as train_mod
 from clipcore import training
 from clipcore.data import DataError
@@ -56,23 +55,18 @@ def test_resume_across_epochs_on_folder_data(folder, tmp_path, capsys):
     assert sum("val/acc1" in r for r in rows) == 3 and (tmp_path / "a" / "loss.png").stat().st_size > 1000
 
 
-def test_nan_stops_with_step_and_keeps_last_checkpoint(tmp_path, monkeypatch):
-    real = clip_task_mod.make_loss
-
-    def poisoned(*a, **k):
-        fn, calls = real(*a, **k), []
-
-        def f(*args, **kw):
-            calls.append(1)
-            out = fn(*args, **kw)
-            return out * float("nan") if len(calls) == 3 else out
-        return f
-
-    monkeypatch.setattr(clip_task_mod, "make_loss", poisoned)
+def test_nan_stops_with_step_and_keeps_last_checkpoint(tmp_path, loss_hook):
+    loss_hook(3, lambda loss: loss * float("nan"))
     with pytest.raises(NonFiniteLoss, match="at step 3 .*latest.pt"):
         train(TrainConfig(logs=str(tmp_path), name="nan", save_every=2, max_steps=5, **FAST))
     ckpt = ckpt_io.load(tmp_path / "nan" / "checkpoints" / "latest.pt")
     assert ckpt["step"] == 2 and all(torch.isfinite(v).all() for v in ckpt["model"].values())
+    # resumed and failing before its first save: the checkpoint it resumed from is the last good one
+    loss_hook(1, lambda loss: loss * float("nan"))
+    with pytest.raises(NonFiniteLoss, match="at step 3 .*the last good checkpoint is .*nan/checkpoints/latest.pt"):
+        train(TrainConfig(logs=str(tmp_path), name="nan", save_every=2, max_steps=5, resume="latest", **FAST))
+    with pytest.raises(NonFiniteLoss, match=r"at step 1 .*none \(none saved yet\)"):   # a fresh run: none
+        train(TrainConfig(logs=str(tmp_path), name="fresh", save_every=2, max_steps=5, **FAST))
 
 
 def test_atomic_save_keeps_previous_checkpoint(tmp_path, monkeypatch):
